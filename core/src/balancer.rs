@@ -1,0 +1,192 @@
+//! One service's decision logic, shared by the HTTP and TCP proxies.
+//!
+//! A [`Balancer`] owns the service's pool and its three hooks. For every request or
+//! connection the proxy calls, in order: [`Balancer::key`] (persistence-key hook),
+//! [`Balancer::choose`] (persistence table, then select-server hook), and at the end
+//! [`Balancer::on_response`] (the persistence hook's response step, http only). Failed
+//! connects come back through [`Balancer::connect_failed`], health checks through
+//! [`Balancer::observe`].
+
+use std::sync::Arc;
+
+use pingora::http::ResponseHeader;
+use prometheus::IntCounter;
+
+use crate::config::{HealthConfig, ServiceConfig};
+use crate::hooks::{HealthCheck, HealthReport, KeyOutcome, PersistenceKey, Request, SelectServer};
+use crate::metrics::{BackendCounters, Metrics};
+use crate::persistence::{MemoryTable, PersistenceTable};
+use crate::pool::{Pool, Transition};
+
+/// A persistence-key hook and the table its keys are pinned in.
+struct Persistence {
+    hook: Box<dyn PersistenceKey>,
+    table: Box<dyn PersistenceTable>,
+}
+
+pub struct Balancer {
+    cfg: ServiceConfig,
+    pub pool: Arc<Pool>,
+    scheduler: Box<dyn SelectServer>,
+    persistence: Option<Persistence>,
+    health: Option<(Arc<dyn HealthCheck>, HealthConfig)>,
+    counters: Vec<BackendCounters>,
+    no_backend: IntCounter,
+    no_backend_log: crate::logging::RateLimit,
+}
+
+impl Balancer {
+    /// Builds a service from its validated config with built-in hooks.
+    ///
+    /// Fails on a `plugin:` reference: plugins are resolved by the plugin host, which is not
+    /// part of this build yet.
+    pub fn new(cfg: &ServiceConfig, metrics: &Metrics) -> Result<Self, String> {
+        let pool = Arc::new(Pool::new(&cfg.backends, cfg.slow_start));
+        let unsupported = |what: &str, name: &str| {
+            format!(
+                "service {:?}: {what} plugin:{name}: plugins are not supported by this build",
+                cfg.name
+            )
+        };
+        let scheduler = crate::scheduler::builtin(&cfg.scheduler, &pool).ok_or_else(|| {
+            unsupported("scheduler", &cfg.scheduler.to_string()["plugin:".len()..])
+        })?;
+        let persistence = match &cfg.persistence {
+            None => None,
+            Some(p) => Some(Persistence {
+                hook: crate::persistence::builtin_key(p, &cfg.name, &pool).ok_or_else(|| {
+                    unsupported("persistence key", &p.key.to_string()["plugin:".len()..])
+                })?,
+                table: Box::new(MemoryTable::new(p.timeout, p.max_entries)),
+            }),
+        };
+        let health = match &cfg.health_check {
+            None => None,
+            Some(h) => Some((
+                crate::health::builtin(h).ok_or_else(|| unsupported("health check", ""))?,
+                h.clone(),
+            )),
+        };
+        let counters = pool
+            .backends()
+            .iter()
+            .map(|b| metrics.backend(&cfg.name, &b.address.to_string()))
+            .collect();
+        Ok(Balancer {
+            no_backend: metrics.no_backend(&cfg.name),
+            no_backend_log: Default::default(),
+            cfg: cfg.clone(),
+            pool,
+            scheduler,
+            persistence,
+            health,
+            counters,
+        })
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.cfg
+    }
+
+    pub fn health(&self) -> Option<(&Arc<dyn HealthCheck>, &HealthConfig)> {
+        self.health.as_ref().map(|(c, h)| (c, h))
+    }
+
+    /// True when the persistence hook reads the client's first bytes (tcp mode).
+    pub fn wants_payload(&self) -> bool {
+        self.persistence
+            .as_ref()
+            .is_some_and(|p| p.hook.wants_payload())
+    }
+
+    /// Persistence-key hook.
+    pub fn key<'r>(&self, req: &Request<'r>) -> KeyOutcome<'r> {
+        match &self.persistence {
+            Some(p) => p.hook.key(req, &self.pool),
+            None => KeyOutcome::None,
+        }
+    }
+
+    #[inline]
+    fn usable(&self, i: usize, avoid: &[usize]) -> bool {
+        i < self.pool.len() && self.pool.get(i).available() && !avoid.contains(&i)
+    }
+
+    /// Picks the backend: the one the request names, else the one its key is pinned to,
+    /// else the scheduler's choice (which is then pinned). `None`: no backend available.
+    pub fn choose(
+        &self,
+        req: &Request<'_>,
+        outcome: &KeyOutcome<'_>,
+        avoid: &[usize],
+    ) -> Option<usize> {
+        let chosen = match (outcome, &self.persistence) {
+            (KeyOutcome::Backend(i), _) if self.usable(*i, avoid) => Some(*i),
+            (KeyOutcome::Key(k), Some(p)) => match p.table.lookup(k) {
+                Some(i) if self.usable(i, avoid) => Some(i),
+                _ => {
+                    let req = Request {
+                        key: Some(k),
+                        ..*req
+                    };
+                    let i = self.scheduler.select(&req, &self.pool, avoid);
+                    if let Some(i) = i {
+                        p.table.pin(k, i);
+                    }
+                    i
+                }
+            },
+            _ => self.scheduler.select(req, &self.pool, avoid),
+        };
+        match chosen {
+            Some(i) => self.counters[i].selected.inc(),
+            None => {
+                self.no_backend.inc();
+                if self.no_backend_log.allow() {
+                    tracing::warn!(service = %self.cfg.name, "no backend available");
+                }
+            }
+        }
+        chosen
+    }
+
+    /// Persistence hook's response step.
+    pub fn on_response(&self, named: Option<usize>, served: usize, resp: &mut ResponseHeader) {
+        if let Some(p) = &self.persistence {
+            p.hook.on_response(named, served, &self.pool, resp);
+        }
+    }
+
+    /// Passive health: a failed connect counts as a failed check (when active checks are
+    /// configured: they are what brings the backend back).
+    pub fn connect_failed(&self, i: usize) {
+        self.counters[i].connect_failures.inc();
+        if self.health.is_some() {
+            self.observe(i, HealthReport::DOWN, "connect failure");
+        } else {
+            tracing::warn!(service = %self.cfg.name, backend = %self.pool.get(i).address, "connect failed");
+        }
+    }
+
+    /// Applies one health observation and logs transitions.
+    pub fn observe(&self, i: usize, report: HealthReport, source: &str) {
+        let Some((_, h)) = &self.health else {
+            return;
+        };
+        if report.load.is_some() {
+            self.pool.set_load(i, report.load);
+        }
+        let b = self.pool.get(i);
+        match self.pool.observe(i, report.up, h.rise, h.fall) {
+            Transition::WentDown => {
+                self.counters[i].went_down.inc();
+                tracing::warn!(service = %self.cfg.name, backend = %b.address, %source, "backend is DOWN");
+            }
+            Transition::CameUp => {
+                self.counters[i].came_up.inc();
+                tracing::info!(service = %self.cfg.name, backend = %b.address, %source, "backend is UP");
+            }
+            Transition::None => {}
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The `plugboard` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use plugboard::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "plugboard",
+    version,
+    about = "Programmable L4/L7 load-balancing proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Log format; overrides `[proxy] log_format`.
+        #[arg(long, value_enum)]
+        log_format: Option<Format>,
+    },
+    /// Validate a configuration file without starting.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let cfg = Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    // Build the services once, as `run` would, so that `check` catches what only building
+    // reveals (such as a plugin this build cannot load).
+    let metrics = plugboard::metrics::Metrics::new();
+    plugboard::server::build_balancers(&cfg, &metrics).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::from(2)
+    })?;
+    Ok(cfg)
+}
+
+fn summary(cfg: &Config) {
+    println!(
+        "{}: OK, {} service(s), {} worker thread(s)",
+        cfg.path.display(),
+        cfg.services.len(),
+        cfg.proxy.threads
+    );
+    for s in &cfg.services {
+        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+        println!(
+            "  {} [{}] listen {} scheduler {}",
+            s.name,
+            s.mode.as_str(),
+            listen.join(", "),
+            s.scheduler
+        );
+        if let Some(p) = &s.persistence {
+            println!(
+                "    persistence {} timeout {}",
+                p.key,
+                humantime::format_duration(p.timeout)
+            );
+        }
+        if let Some(h) = &s.health_check {
+            println!(
+                "    health {:?} every {} timeout {} rise {} fall {}",
+                h.kind,
+                humantime::format_duration(h.interval),
+                humantime::format_duration(h.timeout),
+                h.rise,
+                h.fall
+            );
+        }
+        for b in &s.backends {
+            println!(
+                "    backend {} weight {}{}",
+                b.address,
+                b.weight,
+                if b.enabled { "" } else { " (disabled)" }
+            );
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(cfg) => {
+                summary(&cfg);
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config, log_format } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let format = match log_format {
+                Some(Format::Json) => LogFormat::Json,
+                Some(Format::Human) => LogFormat::Human,
+                None => cfg.proxy.log_format,
+            };
+            plugboard::logging::init(format);
+            let server = match plugboard::server::build(&cfg) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            tracing::info!(config = %config.display(), services = cfg.services.len(), "plugboard starting");
+            server.run_forever()
+        }
+    }
+}

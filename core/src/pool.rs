@@ -1,0 +1,310 @@
+//! The backends of one service and their live state.
+//!
+//! Every field that changes at run time is an atomic, so that all worker threads read and
+//! update it without a lock: the schedulers read `active`, `healthy` and the effective weight
+//! on every pick, the proxies bump `active`, the health checker flips `healthy`. Derived
+//! structures that are expensive to compute (the round-robin sequence) live in the scheduler
+//! and are rebuilt off the hot path when [`Pool::generation`] moves.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::BackendConfig;
+
+/// Effective weights are kept in thousandths of the configured weight, so that slow start can
+/// ramp smoothly without floating point on the hot path.
+pub const WEIGHT_SCALE: u32 = 1000;
+
+/// Slow start begins at this share of the full weight (Envoy's default minimum is 10 %).
+const SLOW_START_MIN_PERMILLE: u64 = 100;
+
+/// One backend and its live state.
+#[derive(Debug)]
+pub struct Backend {
+    pub address: SocketAddr,
+    /// Configured weight.
+    pub weight: u32,
+    enabled: AtomicBool,
+    healthy: AtomicBool,
+    /// Requests (http) or connections (tcp) in flight, across all worker threads.
+    active: AtomicU32,
+    /// `weight * WEIGHT_SCALE`, reduced while slow start ramps.
+    effective_weight: AtomicU32,
+    /// Last load 0-100 reported by a health check; 255 = never reported.
+    load: AtomicU8,
+    /// Consecutive failed and successful checks (active and passive).
+    fails: AtomicU32,
+    oks: AtomicU32,
+    /// Milliseconds since the pool's epoch when the backend last came up; u64::MAX = not ramping.
+    up_since_ms: AtomicU64,
+}
+
+impl Backend {
+    fn new(c: &BackendConfig) -> Self {
+        Backend {
+            address: c.address,
+            weight: c.weight,
+            enabled: AtomicBool::new(c.enabled),
+            healthy: AtomicBool::new(true),
+            active: AtomicU32::new(0),
+            effective_weight: AtomicU32::new(c.weight * WEIGHT_SCALE),
+            load: AtomicU8::new(u8::MAX),
+            fails: AtomicU32::new(0),
+            oks: AtomicU32::new(0),
+            up_since_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Can take new traffic: enabled, healthy and with a non-zero weight.
+    #[inline]
+    pub fn available(&self) -> bool {
+        self.enabled() && self.healthy() && self.weight > 0
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Relaxed)
+    }
+
+    /// Weight in thousandths, after slow start.
+    #[inline]
+    pub fn effective_weight(&self) -> u32 {
+        self.effective_weight.load(Relaxed)
+    }
+
+    /// Last reported load 0-100, if a check ever reported one.
+    pub fn load(&self) -> Option<u8> {
+        match self.load.load(Relaxed) {
+            u8::MAX => None,
+            l => Some(l),
+        }
+    }
+}
+
+/// Counts one request or connection in flight on a backend for as long as it lives.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.pool.backends[self.index].active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What a health observation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    WentDown,
+    CameUp,
+}
+
+/// The backends of one service.
+#[derive(Debug)]
+pub struct Pool {
+    backends: Vec<Backend>,
+    slow_start: Option<Duration>,
+    epoch: Instant,
+    /// Bumped whenever availability or an effective weight changes.
+    generation: AtomicU64,
+}
+
+impl Pool {
+    pub fn new(backends: &[BackendConfig], slow_start: Option<Duration>) -> Self {
+        Pool {
+            backends: backends.iter().map(Backend::new).collect(),
+            slow_start,
+            epoch: Instant::now(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> &Backend {
+        &self.backends[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// Index of the backend with this address.
+    pub fn find(&self, addr: SocketAddr) -> Option<usize> {
+        self.backends.iter().position(|b| b.address == addr)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Marks a request or connection in flight on backend `i` until the guard drops.
+    #[inline]
+    pub fn acquire(self: &Arc<Self>, i: usize) -> ActiveGuard {
+        self.backends[i].active.fetch_add(1, Relaxed);
+        ActiveGuard {
+            pool: self.clone(),
+            index: i,
+        }
+    }
+
+    pub fn set_enabled(&self, i: usize, enabled: bool) {
+        if self.backends[i].enabled.swap(enabled, Relaxed) != enabled {
+            self.bump();
+        }
+    }
+
+    pub fn set_load(&self, i: usize, load: Option<u8>) {
+        self.backends[i]
+            .load
+            .store(load.map(|l| l.min(100)).unwrap_or(u8::MAX), Relaxed);
+    }
+
+    /// Records one check result, active or passive, and applies the rise/fall rule.
+    pub fn observe(&self, i: usize, ok: bool, rise: u32, fall: u32) -> Transition {
+        let b = &self.backends[i];
+        if ok {
+            b.fails.store(0, Relaxed);
+            let oks = b.oks.fetch_add(1, Relaxed).saturating_add(1);
+            if !b.healthy() && oks >= rise && !b.healthy.swap(true, Relaxed) {
+                if self.slow_start.is_some() {
+                    b.up_since_ms.store(self.now_ms(), Relaxed);
+                    b.effective_weight
+                        .store(self.ramp_weight(b, Duration::ZERO), Relaxed);
+                }
+                self.bump();
+                return Transition::CameUp;
+            }
+        } else {
+            b.oks.store(0, Relaxed);
+            let fails = b.fails.fetch_add(1, Relaxed).saturating_add(1);
+            if b.healthy() && fails >= fall && b.healthy.swap(false, Relaxed) {
+                b.up_since_ms.store(u64::MAX, Relaxed);
+                b.effective_weight.store(b.weight * WEIGHT_SCALE, Relaxed);
+                self.bump();
+                return Transition::WentDown;
+            }
+        }
+        Transition::None
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn ramp_weight(&self, b: &Backend, elapsed: Duration) -> u32 {
+        let full = (b.weight * WEIGHT_SCALE) as u64;
+        let Some(window) = self.slow_start else {
+            return full as u32;
+        };
+        let permille = (elapsed.as_millis() as u64 * 1000 / window.as_millis().max(1) as u64)
+            .clamp(SLOW_START_MIN_PERMILLE, 1000);
+        (full * permille / 1000).max(1) as u32
+    }
+
+    /// Advances slow-start ramps; returns true while any backend is still ramping.
+    /// Called periodically off the hot path.
+    pub fn tick_slow_start(&self) -> bool {
+        if self.slow_start.is_none() {
+            return false;
+        }
+        let now = self.now_ms();
+        let mut ramping = false;
+        let mut changed = false;
+        for b in &self.backends {
+            let since = b.up_since_ms.load(Relaxed);
+            if since == u64::MAX {
+                continue;
+            }
+            let w = self.ramp_weight(b, Duration::from_millis(now.saturating_sub(since)));
+            if w >= b.weight * WEIGHT_SCALE {
+                b.up_since_ms.store(u64::MAX, Relaxed);
+            } else {
+                ramping = true;
+            }
+            if b.effective_weight.swap(w, Relaxed) != w {
+                changed = true;
+            }
+        }
+        if changed {
+            self.bump();
+        }
+        ramping
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(slow: Option<Duration>) -> Pool {
+        let b = |p: u16, w| BackendConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], p)),
+            weight: w,
+            enabled: true,
+        };
+        Pool::new(&[b(1, 1), b(2, 2)], slow)
+    }
+
+    #[test]
+    fn rise_and_fall_counts() {
+        let p = pool(None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::WentDown);
+        assert!(!p.get(0).available());
+        assert_eq!(p.observe(0, true, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, true, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, true, 2, 3), Transition::CameUp);
+        assert!(p.get(0).available());
+    }
+
+    #[test]
+    fn slow_start_begins_low_and_ends_full() {
+        let p = pool(Some(Duration::from_millis(200)));
+        for _ in 0..3 {
+            p.observe(1, false, 1, 3);
+        }
+        p.observe(1, true, 1, 3);
+        assert_eq!(p.get(1).effective_weight(), 2 * WEIGHT_SCALE / 10);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!p.tick_slow_start());
+        assert_eq!(p.get(1).effective_weight(), 2 * WEIGHT_SCALE);
+    }
+
+    #[test]
+    fn guard_counts_active() {
+        let p = Arc::new(pool(None));
+        let g = p.acquire(1);
+        let g2 = p.acquire(1);
+        assert_eq!(p.get(1).active(), 2);
+        drop(g);
+        drop(g2);
+        assert_eq!(p.get(1).active(), 0);
+    }
+}

@@ -1,0 +1,78 @@
+//! Turns a validated [`Config`] into a running pingora server.
+
+use std::sync::Arc;
+
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::balancer::Balancer;
+use crate::config::{Config, Mode};
+use crate::health::HealthService;
+use crate::http_proxy::HttpService;
+use crate::metrics::{Metrics, MetricsApp};
+use crate::tcp_proxy::TcpService;
+
+/// Builds every service's balancer; an error names the service and what is missing.
+pub fn build_balancers(cfg: &Config, metrics: &Metrics) -> Result<Vec<Arc<Balancer>>, String> {
+    cfg.services
+        .iter()
+        .map(|s| Balancer::new(s, metrics).map(Arc::new))
+        .collect()
+}
+
+/// Builds the pingora server: one listening service per configured service, the health
+/// checker, and the metrics endpoint when configured.
+pub fn build(cfg: &Config) -> Result<Server, String> {
+    let conf = ServerConf {
+        threads: cfg.proxy.threads,
+        grace_period_seconds: Some(cfg.proxy.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(cfg.proxy.grace_period.as_secs()),
+        pid_file: format!("/tmp/plugboard-{}.pid", std::process::id()),
+        upgrade_sock: format!("/tmp/plugboard-upgrade-{}.sock", std::process::id()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+    let metrics = Arc::new(Metrics::new());
+    let balancers = build_balancers(cfg, &metrics)?;
+
+    for b in &balancers {
+        let s = b.config();
+        let name = format!("{} ({})", s.name, s.mode.as_str());
+        match s.mode {
+            Mode::Http => {
+                let mut svc = pingora::proxy::http_proxy_service_with_name(
+                    &conf,
+                    HttpService::new(b.clone()),
+                    &name,
+                );
+                for l in &s.listen {
+                    svc.add_tcp(&l.to_string());
+                }
+                server.add_service(svc);
+            }
+            Mode::Tcp => {
+                let mut svc = Service::new(name, TcpService::new(b.clone()));
+                for l in &s.listen {
+                    svc.add_tcp(&l.to_string());
+                }
+                server.add_service(svc);
+            }
+        }
+    }
+    server.add_service(background_service(
+        "health checks",
+        HealthService {
+            balancers: balancers.clone(),
+        },
+    ));
+    if let Some(addr) = cfg.proxy.metrics {
+        let mut svc = Service::new("metrics".to_string(), MetricsApp { metrics, balancers });
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    Ok(server)
+}
