@@ -34,6 +34,9 @@ pub struct Backend {
     effective_weight: AtomicU32,
     /// Last load 0-100 reported by a health check; 255 = never reported.
     load: AtomicU8,
+    /// Times a load-aware scheduler picked this backend: breaks ties between equally loaded
+    /// backends in proportion to weight.
+    picks: AtomicU64,
     /// Consecutive failed and successful checks (active and passive).
     fails: AtomicU32,
     oks: AtomicU32,
@@ -51,6 +54,7 @@ impl Backend {
             active: AtomicU32::new(0),
             effective_weight: AtomicU32::new(c.weight * WEIGHT_SCALE),
             load: AtomicU8::new(u8::MAX),
+            picks: AtomicU64::new(0),
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
             up_since_ms: AtomicU64::new(u64::MAX),
@@ -79,6 +83,16 @@ impl Backend {
     #[inline]
     pub fn effective_weight(&self) -> u32 {
         self.effective_weight.load(Relaxed)
+    }
+
+    #[inline]
+    pub fn picks(&self) -> u64 {
+        self.picks.load(Relaxed)
+    }
+
+    #[inline]
+    pub fn record_pick(&self) {
+        self.picks.fetch_add(1, Relaxed);
     }
 
     /// Last reported load 0-100, if a check ever reported one.
@@ -174,8 +188,26 @@ impl Pool {
 
     pub fn set_enabled(&self, i: usize, enabled: bool) {
         if self.backends[i].enabled.swap(enabled, Relaxed) != enabled {
+            if enabled {
+                self.catch_up(i);
+            }
             self.bump();
         }
+    }
+
+    /// Brings a returning backend's pick count level with the others (per unit of weight),
+    /// so that the tie-break does not send it every new request until it has caught up.
+    fn catch_up(&self, i: usize) {
+        let me = &self.backends[i];
+        let level = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(j, b)| *j != i && b.available())
+            .map(|(_, b)| b.picks() * me.weight as u64 / b.weight.max(1) as u64)
+            .max()
+            .unwrap_or(0);
+        me.picks.store(level, Relaxed);
     }
 
     pub fn set_load(&self, i: usize, load: Option<u8>) {
@@ -191,6 +223,7 @@ impl Pool {
             b.fails.store(0, Relaxed);
             let oks = b.oks.fetch_add(1, Relaxed).saturating_add(1);
             if !b.healthy() && oks >= rise && !b.healthy.swap(true, Relaxed) {
+                self.catch_up(i);
                 if self.slow_start.is_some() {
                     b.up_since_ms.store(self.now_ms(), Relaxed);
                     b.effective_weight

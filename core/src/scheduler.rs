@@ -32,12 +32,14 @@ fn eligible(b: &Backend, i: usize, avoid: &[usize]) -> bool {
     b.available() && !avoid.contains(&i)
 }
 
-/// `a` is less loaded than `b` relative to their weights: `(active+1)/weight`, compared by
-/// cross-multiplication to stay in integers.
+/// `a` should get the next request rather than `b`: fewer requests in flight per unit of
+/// weight, and on a tie (typically all idle) fewer past picks per unit of weight, so that
+/// weights hold even when requests never overlap. Integer cross-multiplication throughout.
 #[inline]
 fn less_loaded(a: &Backend, b: &Backend) -> bool {
-    let (aw, bw) = (a.effective_weight() as u64, b.effective_weight() as u64);
-    (a.active() as u64 + 1) * bw < (b.active() as u64 + 1) * aw
+    let (aw, bw) = (a.effective_weight() as u128, b.effective_weight() as u128);
+    let (la, lb) = (a.active() as u128 * bw, b.active() as u128 * aw);
+    la < lb || (la == lb && a.picks() as u128 * bw < b.picks() as u128 * aw)
 }
 
 /// Smooth weighted round robin (NGINX's algorithm): weights 5,1,1 give a a b a c a a rather
@@ -150,6 +152,9 @@ impl SelectServer for LeastConnections {
             if best.is_none_or(|j| less_loaded(b, pool.get(j))) {
                 best = Some(i);
             }
+        }
+        if let Some(i) = best {
+            pool.get(i).record_pick();
         }
         best
     }
@@ -317,13 +322,23 @@ mod tests {
         let lc = LeastConnections::default();
         let _g1 = p.acquire(0);
         let _g2 = p.acquire(1);
-        // (1+1)/1 = 2 vs (1+1)/2 = 1: the heavier backend wins.
+        // 1/1 vs 1/2: the heavier backend wins.
         assert_eq!(lc.select(&req(None), &p, &[]), Some(1));
-        // (3+1)/2 = 2 ties with (1+1)/1; (4+1)/2 does not.
+        // 1/1 vs 3/2.
         let _g3 = p.acquire(1);
         let _g4 = p.acquire(1);
-        let _g5 = p.acquire(1);
         assert_eq!(lc.select(&req(None), &p, &[]), Some(0));
+    }
+
+    #[test]
+    fn least_connections_ties_follow_weights() {
+        let p = pool(&[1, 1, 2]);
+        let lc = LeastConnections::default();
+        let mut n = [0; 3];
+        for _ in 0..400 {
+            n[lc.select(&req(None), &p, &[]).unwrap()] += 1;
+        }
+        assert_eq!(n, [100, 100, 200]);
     }
 
     #[test]

@@ -1,0 +1,433 @@
+//! Shared test harness: the real `plugboard` binary, real backend servers on loopback, and a
+//! raw HTTP/1.1 client that shows exactly what went over the wire.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_plugboard");
+
+/// A free loopback port (bound then released; the kernel will not hand it out again soon).
+pub fn free_addr() -> SocketAddr {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A running `plugboard run`, killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Proxy {
+    /// Writes `config` to a temp dir and starts the proxy; waits until `ready` accepts.
+    pub async fn start(config: &str, ready: SocketAddr) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugboard.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.path().join("plugboard.log");
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start plugboard");
+        let mut p = Proxy { child, dir, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(ready).await.is_ok() {
+                return p;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("plugboard exited with {status}: {}", p.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plugboard did not listen on {ready}: {}",
+                p.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.1 backend with keep-alive. Answers `GET /health` with a settable status, `/slow`
+/// after a delay, anything else with 200 and its own address as body.
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub health: Arc<AtomicU16>,
+    /// `X-Forwarded-For` values seen.
+    pub forwarded: Arc<Mutex<Vec<String>>>,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl HttpBackend {
+    pub async fn start() -> HttpBackend {
+        Self::start_on(free_addr()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> HttpBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(AtomicU16::new(200));
+        let forwarded = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = JoinSet::new();
+        let (h, he, f) = (hits.clone(), health.clone(), forwarded.clone());
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns.spawn(serve_http(s, addr, h.clone(), he.clone(), f.clone()));
+            }
+        });
+        HttpBackend {
+            addr,
+            hits,
+            health,
+            forwarded,
+            tasks: Some(tasks),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
+    /// Stops listening and drops every open connection, as a crashed server would.
+    pub fn kill(&mut self) {
+        self.tasks.take();
+    }
+}
+
+async fn serve_http(
+    s: TcpStream,
+    me: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    health: Arc<AtomicU16>,
+    forwarded: Arc<Mutex<Vec<String>>>,
+) {
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("x-forwarded-for:") {
+                forwarded.lock().unwrap().push(v.trim().to_string());
+            }
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let (status, body) = if path == "/health" {
+            (health.load(Ordering::SeqCst), String::new())
+        } else {
+            if let Some(ms) = path.strip_prefix("/slow/") {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+            }
+            hits.fetch_add(1, Ordering::SeqCst);
+            (200, me.to_string())
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if w.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header lines as received (name lowercased, value as is), in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A raw HTTP/1.1 client on one kept-alive connection.
+pub struct Client {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(to: SocketAddr) -> std::io::Result<Client> {
+        Self::connect_from(to, None).await
+    }
+
+    /// Connects from a chosen loopback source address (any of 127.0.0.0/8).
+    pub async fn connect_from(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<Client> {
+        let s = match from {
+            None => TcpStream::connect(to).await?,
+            Some(ip) => {
+                let sock = TcpSocket::new_v4()?;
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(to).await?
+            }
+        };
+        let (r, w) = s.into_split();
+        Ok(Client {
+            r: BufReader::new(r),
+            w,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.w.write_all(req.as_bytes()).await?;
+        self.read_response().await
+    }
+
+    pub async fn read_response(&mut self) -> std::io::Result<Response> {
+        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
+        let mut line = String::new();
+        if self.r.read_line(&mut line).await? == 0 {
+            return Err(eof());
+        }
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if self.r.read_line(&mut h).await? == 0 {
+                return Err(eof());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (n, v) = h.split_once(':').unwrap_or((h, ""));
+            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        self.r.read_exact(&mut body).await?;
+        Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into(),
+        })
+    }
+}
+
+/// One GET on a new connection.
+pub async fn get_once(to: SocketAddr, path: &str) -> std::io::Result<Response> {
+    Client::connect(to).await?.get(path, &[]).await
+}
+
+/// Counts responses by body (the backend address).
+pub fn tally<'a>(bodies: impl IntoIterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for b in bodies {
+        *m.entry(b.to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// `actual` is within `tolerance` (a fraction of `expected`) of `expected`.
+pub fn assert_near(actual: usize, expected: f64, tolerance: f64, what: &str) {
+    let lo = expected * (1.0 - tolerance);
+    let hi = expected * (1.0 + tolerance);
+    assert!(
+        (actual as f64) >= lo && (actual as f64) <= hi,
+        "{what}: {actual} not within {:.0}% of {expected}",
+        tolerance * 100.0
+    );
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `[[service.backend]]` tables for these addresses and weights.
+pub fn backends_toml(list: &[(SocketAddr, u32)]) -> String {
+    list.iter()
+        .map(|(a, w)| format!("[[service.backend]]\naddress = \"{a}\"\nweight = {w}\n"))
+        .collect()
+}
+
+/// Writes a config file into a fresh temp dir and returns both.
+pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plugboard.toml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    (dir, path)
+}
+
+/// A TCP backend that speaks first (`<address>\n`), then echoes everything back and closes
+/// its side when the client half-closes.
+pub struct TcpBackend {
+    pub addr: SocketAddr,
+    pub conns: Arc<AtomicUsize>,
+    /// Connections currently open.
+    pub open: Arc<AtomicUsize>,
+    tasks: Option<JoinSet<()>>,
+}
+
+impl TcpBackend {
+    pub async fn start() -> TcpBackend {
+        Self::start_on(free_addr()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> TcpBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (c, o) = (conns.clone(), open.clone());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut set = JoinSet::new();
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                set.spawn(async move {
+                    o.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.write_all(format!("{addr}\n").as_bytes()).await;
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        TcpBackend {
+            addr,
+            conns,
+            open,
+            tasks: Some(tasks),
+        }
+    }
+
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    pub fn kill(&mut self) {
+        self.tasks.take();
+    }
+}
+
+/// Connects through the proxy and reads the backend's banner line.
+pub async fn tcp_banner(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+) -> std::io::Result<(String, BufReader<TcpStream>)> {
+    let s = match from {
+        None => TcpStream::connect(to).await?,
+        Some(ip) => {
+            let sock = TcpSocket::new_v4()?;
+            sock.bind(SocketAddr::new(ip, 0))?;
+            sock.connect(to).await?
+        }
+    };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::other("banner timeout"))??;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed before banner",
+        ));
+    }
+    Ok((line.trim_end().to_string(), r))
+}

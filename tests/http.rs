@@ -1,0 +1,416 @@
+//! http mode, through the real binary against real backends on loopback.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+
+fn service(listen: SocketAddr, extra: &str, backends: &[(SocketAddr, u32)]) -> String {
+    format!(
+        "[proxy]\nthreads = 2\n\n[[service]]\nname = \"web\"\nlisten = \"{listen}\"\nmode = \"http\"\n{extra}\n{}",
+        backends_toml(backends)
+    )
+}
+
+async fn three(weights: [u32; 3]) -> (Vec<HttpBackend>, Vec<(SocketAddr, u32)>) {
+    let mut bs = Vec::new();
+    for _ in 0..3 {
+        bs.push(HttpBackend::start().await);
+    }
+    let list = bs.iter().zip(weights).map(|(b, w)| (b.addr, w)).collect();
+    (bs, list)
+}
+
+/// Sends `n` GETs on one kept-alive connection; returns the bodies.
+async fn keepalive_gets(to: SocketAddr, n: usize) -> Vec<String> {
+    let mut c = Client::connect(to).await.unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = c.get("/", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        out.push(r.body);
+    }
+    out
+}
+
+async fn check_weighted(scheduler: &str) {
+    let (bs, list) = three([1, 1, 2]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, &format!("scheduler = \"{scheduler}\""), &list),
+        listen,
+    )
+    .await;
+    // Each request on the kept-alive connection is balanced on its own.
+    let bodies = keepalive_gets(listen, 400).await;
+    let t = tally(bodies.iter().map(|s| s.as_str()));
+    for (b, expected) in bs.iter().zip([100.0, 100.0, 200.0]) {
+        assert_near(
+            *t.get(&b.addr.to_string()).unwrap_or(&0),
+            expected,
+            0.10,
+            scheduler,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_honours_weights() {
+    check_weighted("round_robin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_honours_weights_when_idle() {
+    check_weighted("least_connections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_two_spreads_over_all() {
+    let (bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "scheduler = \"random_two\"", &list),
+        listen,
+    )
+    .await;
+    let bodies = keepalive_gets(listen, 300).await;
+    let t = tally(bodies.iter().map(|s| s.as_str()));
+    for b in &bs {
+        // Sequential requests leave every backend idle, so the choice is uniform.
+        assert_near(
+            *t.get(&b.addr.to_string()).unwrap_or(&0),
+            100.0,
+            0.35,
+            "random_two",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_avoids_busy_backend() {
+    let (bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "scheduler = \"least_connections\"", &list),
+        listen,
+    )
+    .await;
+    // Hold two slow requests: they land on two different backends.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                Client::connect(listen)
+                    .await
+                    .unwrap()
+                    .get("/slow/1500", &[])
+                    .await
+                    .unwrap()
+                    .body
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every quick request meanwhile goes to the one idle backend.
+    let quick = keepalive_gets(listen, 20).await;
+    let busy: Vec<String> = futures_join(slow).await;
+    assert_ne!(busy[0], busy[1], "slow requests should spread");
+    let idle = bs
+        .iter()
+        .map(|b| b.addr.to_string())
+        .find(|a| !busy.contains(a))
+        .unwrap();
+    assert!(
+        quick.iter().all(|b| *b == idle),
+        "quick requests {quick:?} should all go to {idle}"
+    );
+}
+
+async fn futures_join(hs: Vec<tokio::task::JoinHandle<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in hs {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_hash_is_sticky_per_client_ip() {
+    let (_bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "scheduler = \"source_hash\"", &list),
+        listen,
+    )
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    for i in 2..30u8 {
+        let ip: IpAddr = [127, 0, 0, i].into();
+        let mut first = None;
+        for _ in 0..3 {
+            let r = Client::connect_from(listen, Some(ip))
+                .await
+                .unwrap()
+                .get("/", &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                *first.get_or_insert(r.body.clone()),
+                r.body,
+                "client {ip} moved"
+            );
+        }
+        seen.insert(first.unwrap());
+    }
+    assert_eq!(seen.len(), 3, "28 client IPs should use all three backends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ip_persistence_sticks_and_expires() {
+    let (_bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let extra =
+        "scheduler = \"round_robin\"\npersistence = { key = \"source_ip\", timeout = \"1s\" }";
+    let _p = Proxy::start(&service(listen, extra, &list), listen).await;
+    let ip: IpAddr = [127, 0, 0, 7].into();
+    let get = || async move {
+        Client::connect_from(listen, Some(ip))
+            .await
+            .unwrap()
+            .get("/", &[])
+            .await
+            .unwrap()
+            .body
+    };
+    // Sticky across new connections, and kept alive by activity for longer than the timeout.
+    let pinned = get().await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(get().await, pinned);
+    }
+    // Other clients spread as round robin does.
+    let others: std::collections::HashSet<String> = futures_join(
+        (20..26u8)
+            .map(|i| {
+                tokio::spawn(async move {
+                    Client::connect_from(listen, Some([127, 0, 0, i].into()))
+                        .await
+                        .unwrap()
+                        .get("/", &[])
+                        .await
+                        .unwrap()
+                        .body
+                })
+            })
+            .collect(),
+    )
+    .await
+    .into_iter()
+    .collect();
+    assert_eq!(others.len(), 3);
+    // Idle past the timeout: the entry is gone and the client is balanced afresh. Round robin
+    // has handed out 1 + 6 picks, so the next one is not the first backend again.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let after = get().await;
+    assert_ne!(after, pinned, "entry should have expired");
+    assert_eq!(get().await, after, "and the new choice is pinned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserted_cookie_pins_and_rejects_forgeries() {
+    let (bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "persistence = { key = \"cookie:SRV\" }", &list),
+        listen,
+    )
+    .await;
+    let mut c = Client::connect(listen).await.unwrap();
+    let r = c.get("/", &[]).await.unwrap();
+    let set = r.header("set-cookie").expect("cookie inserted").to_string();
+    assert!(
+        set.starts_with("SRV=") && set.ends_with("; Path=/"),
+        "{set}"
+    );
+    let value = set["SRV=".len()..set.find(';').unwrap()].to_string();
+    assert!(
+        !bs.iter()
+            .any(|b| value.contains(&b.addr.port().to_string())),
+        "cookie reveals address: {value}"
+    );
+    let cookie = format!("SRV={value}");
+    for _ in 0..30 {
+        let r2 = c.get("/", &[("Cookie", &cookie)]).await.unwrap();
+        assert_eq!(r2.body, r.body);
+        assert!(
+            r2.header("set-cookie").is_none(),
+            "no new cookie when the request carries a valid one"
+        );
+    }
+    // A forged value is treated as absent: balanced and given a real cookie.
+    let r3 = c
+        .get("/", &[("Cookie", "SRV=0123456789abcdef")])
+        .await
+        .unwrap();
+    assert_eq!(r3.status, 200);
+    assert!(r3.header("set-cookie").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_persistence_keeps_users_sticky() {
+    let (_bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "persistence = { key = \"header:X-User\" }", &list),
+        listen,
+    )
+    .await;
+    let mut c = Client::connect(listen).await.unwrap();
+    let mut homes = std::collections::HashSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let first = c.get("/", &[("X-User", user)]).await.unwrap().body;
+        for _ in 0..5 {
+            assert_eq!(
+                c.get("/", &[("X-User", user)]).await.unwrap().body,
+                first,
+                "{user} moved"
+            );
+        }
+        homes.insert(first);
+    }
+    assert!(homes.len() >= 2, "users should spread: {homes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_check_removes_and_restores_backend() {
+    let (bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let extra = "health_check = { kind = \"http\", path = \"/health\", interval = \"200ms\", timeout = \"500ms\", rise = 2, fall = 3 }";
+    let _p = Proxy::start(&service(listen, extra, &list), listen).await;
+    let sick = bs[1].addr.to_string();
+    bs[1].set_health(503);
+    // Down within fall x interval (plus one interval of jitter and scheduling slack).
+    tokio::time::sleep(Duration::from_millis(3 * 200 + 400)).await;
+    let bodies = keepalive_gets(listen, 60).await;
+    assert!(!bodies.contains(&sick), "{sick} still receives traffic");
+    bs[1].set_health(200);
+    tokio::time::sleep(Duration::from_millis(2 * 200 + 400)).await;
+    let bodies = keepalive_gets(listen, 60).await;
+    assert_near(
+        bodies.iter().filter(|b| **b == sick).count(),
+        20.0,
+        0.15,
+        "restored backend",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_costs_no_failed_get() {
+    let (mut bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let extra = "health_check = { kind = \"tcp\", interval = \"10s\", rise = 1, fall = 2 }";
+    let p = Proxy::start(&service(listen, extra, &list), listen).await;
+    // Warm up kept-alive upstream connections to every backend, then kill one.
+    keepalive_gets(listen, 30).await;
+    let dead = bs[0].addr.to_string();
+    bs[0].kill();
+    let mut c = Client::connect(listen).await.unwrap();
+    for i in 0..150 {
+        // Alternate kept-alive and fresh client connections.
+        let r = if i % 2 == 0 {
+            c.get("/", &[]).await.unwrap()
+        } else {
+            get_once(listen, "/").await.unwrap()
+        };
+        assert_eq!(r.status, 200, "request {i} failed: {r:?}\n{}", p.log_text());
+        assert_ne!(r.body, dead);
+    }
+    // Passive marking: failed connects took it down without waiting for the 10 s check.
+    assert!(p.log_text().contains("backend is DOWN"), "{}", p.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_backend_gets_nothing() {
+    let a = HttpBackend::start().await;
+    let b = HttpBackend::start().await;
+    let listen = free_addr();
+    let cfg = format!(
+        "[[service]]\nname = \"web\"\nlisten = \"{listen}\"\n[[service.backend]]\naddress = \"{}\"\n[[service.backend]]\naddress = \"{}\"\nenabled = false\n",
+        a.addr, b.addr
+    );
+    let _p = Proxy::start(&cfg, listen).await;
+    keepalive_gets(listen, 50).await;
+    assert_eq!(a.hits(), 50);
+    assert_eq!(b.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_left_gives_503_and_keeps_connection() {
+    let dead = free_addr();
+    let listen = free_addr();
+    let extra = "health_check = { kind = \"tcp\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }";
+    let p = Proxy::start(&service(listen, extra, &[(dead, 1)]), listen).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut c = Client::connect(listen).await.unwrap();
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(5), c.get("/", &[]))
+            .await
+            .expect("no hang")
+            .unwrap();
+        assert_eq!(r.status, 503);
+    }
+    assert!(p.log_text().contains("no backend available"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adds_x_forwarded_for() {
+    let a = HttpBackend::start().await;
+    let listen = free_addr();
+    let _p = Proxy::start(&service(listen, "", &[(a.addr, 1)]), listen).await;
+    let mut c = Client::connect_from(listen, Some([127, 0, 0, 9].into()))
+        .await
+        .unwrap();
+    c.get("/", &[]).await.unwrap();
+    c.get("/", &[("X-Forwarded-For", "10.1.1.1")])
+        .await
+        .unwrap();
+    let seen = a.forwarded.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec!["127.0.0.9".to_string(), "10.1.1.1, 127.0.0.9".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_a_returning_backend() {
+    let (bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let extra = "scheduler = \"round_robin\"\nslow_start = \"3s\"\nhealth_check = { kind = \"http\", path = \"/health\", interval = \"100ms\", rise = 1, fall = 1 }";
+    let _p = Proxy::start(&service(listen, extra, &list), listen).await;
+    let back = bs[2].addr.to_string();
+    bs[2].set_health(500);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bs[2].set_health(200);
+    assert!(
+        eventually(Duration::from_secs(2), async || keepalive_gets(listen, 10)
+            .await
+            .contains(&back))
+        .await,
+        "backend never returned"
+    );
+    // Early in the ramp it gets well below its full third.
+    let early = keepalive_gets(listen, 100)
+        .await
+        .iter()
+        .filter(|b| **b == back)
+        .count();
+    assert!(early < 25, "early share {early}/100 should be ramping");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let late = keepalive_gets(listen, 99)
+        .await
+        .iter()
+        .filter(|b| **b == back)
+        .count();
+    assert_near(late, 33.0, 0.1, "full weight after the ramp");
+}

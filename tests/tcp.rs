@@ -1,0 +1,234 @@
+//! tcp mode, through the real binary against real backends on loopback.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn service(listen: SocketAddr, extra: &str, backends: &[(SocketAddr, u32)]) -> String {
+    format!(
+        "[proxy]\nthreads = 2\n\n[[service]]\nname = \"l4\"\nlisten = \"{listen}\"\nmode = \"tcp\"\n{extra}\n{}",
+        backends_toml(backends)
+    )
+}
+
+async fn three(weights: [u32; 3]) -> (Vec<TcpBackend>, Vec<(SocketAddr, u32)>) {
+    let mut bs = Vec::new();
+    for _ in 0..3 {
+        bs.push(TcpBackend::start().await);
+    }
+    let list = bs.iter().zip(weights).map(|(b, w)| (b.addr, w)).collect();
+    (bs, list)
+}
+
+async fn banners(to: SocketAddr, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(tcp_banner(to, None).await.unwrap().0);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_honours_weights() {
+    let (bs, list) = three([1, 1, 2]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "scheduler = \"round_robin\"", &list),
+        listen,
+    )
+    .await;
+    let t = tally(banners(listen, 400).await.iter().map(|s| s.as_str()));
+    for (b, expected) in bs.iter().zip([100.0, 100.0, 200.0]) {
+        assert_near(
+            *t.get(&b.addr.to_string()).unwrap_or(&0),
+            expected,
+            0.10,
+            "tcp round robin",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_with_long_held_connections() {
+    let (bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "scheduler = \"least_connections\"", &list),
+        listen,
+    )
+    .await;
+    // Six held connections: two per backend.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(tcp_banner(listen, None).await.unwrap());
+    }
+    let t = tally(held.iter().map(|(b, _)| b.as_str()));
+    assert!(
+        bs.iter().all(|b| t.get(&b.addr.to_string()) == Some(&2)),
+        "{t:?}"
+    );
+    // Close both connections of one backend: the next two connections go there.
+    let target = bs[1].addr.to_string();
+    held.retain(|(b, _)| *b != target);
+    assert!(eventually(Duration::from_secs(3), async || bs[1].open() == 0).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..2 {
+        held.push(tcp_banner(listen, None).await.unwrap());
+        assert_eq!(held.last().unwrap().0, target);
+    }
+    // With all at two again, a new one goes anywhere but all stay balanced.
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ip_persistence_and_timeout() {
+    let (_bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let extra = "persistence = { key = \"source_ip\", timeout = \"1s\" }";
+    let _p = Proxy::start(&service(listen, extra, &list), listen).await;
+    let ip: IpAddr = [127, 0, 0, 5].into();
+    let pinned = tcp_banner(listen, Some(ip)).await.unwrap().0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(tcp_banner(listen, Some(ip)).await.unwrap().0, pinned);
+    }
+    let mut all = std::collections::HashSet::new();
+    for i in 10..16u8 {
+        all.insert(
+            tcp_banner(listen, Some([127, 0, 0, i].into()))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    assert_eq!(all.len(), 3, "clients spread over the pool");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    // 1 + 6 round-robin picks so far: the next fresh pick is a different backend.
+    assert_ne!(tcp_banner(listen, Some(ip)).await.unwrap().0, pinned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carries_one_mebibyte_both_ways_intact() {
+    let b = TcpBackend::start().await;
+    let listen = free_addr();
+    let _p = Proxy::start(&service(listen, "", &[(b.addr, 1)]), listen).await;
+    let (banner, stream) = tcp_banner(listen, None).await.unwrap();
+    assert_eq!(banner, b.addr.to_string());
+    let mut s = stream.into_inner();
+    let data: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&data).await.unwrap();
+        // Half-close: the backend sees EOF, finishes echoing and closes its side.
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let recv = async { r.read_to_end(&mut back).await.unwrap() };
+    tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(send, recv) })
+        .await
+        .expect("transfer stalled");
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echoed bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_backend_gets_nothing() {
+    let a = TcpBackend::start().await;
+    let b = TcpBackend::start().await;
+    let listen = free_addr();
+    let cfg = format!(
+        "[[service]]\nname = \"l4\"\nmode = \"tcp\"\nlisten = \"{listen}\"\n[[service.backend]]\naddress = \"{}\"\n[[service.backend]]\naddress = \"{}\"\nenabled = false\n",
+        a.addr, b.addr
+    );
+    let _p = Proxy::start(&cfg, listen).await;
+    banners(listen, 30).await;
+    // The harness's readiness probe may add one connection to the enabled backend.
+    assert!(a.conns() >= 30);
+    assert_eq!(b.conns(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_takes_down_and_brings_back() {
+    let (mut bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let extra = "health_check = { kind = \"tcp\", interval = \"200ms\", timeout = \"200ms\", rise = 2, fall = 2 }";
+    let p = Proxy::start(&service(listen, extra, &list), listen).await;
+    let addr = bs[0].addr;
+    bs[0].kill();
+    tokio::time::sleep(Duration::from_millis(2 * 200 + 400)).await;
+    // Every connection succeeds and none is even attempted on the dead backend.
+    for b in banners(listen, 30).await {
+        assert_ne!(b, addr.to_string());
+    }
+    assert!(p.log_text().contains("backend is DOWN"));
+    bs[0] = TcpBackend::start_on(addr).await;
+    tokio::time::sleep(Duration::from_millis(2 * 200 + 400)).await;
+    let t = tally(banners(listen, 30).await.iter().map(|s| s.as_str()));
+    assert_near(
+        *t.get(&addr.to_string()).unwrap_or(&0),
+        10.0,
+        0.2,
+        "restored backend",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_is_retried_elsewhere() {
+    let (mut bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(&service(listen, "", &list), listen).await;
+    let dead = bs[2].addr.to_string();
+    bs[2].kill();
+    for b in banners(listen, 60).await {
+        assert_ne!(b, dead);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backend_closes_promptly() {
+    let listen = free_addr();
+    let extra = "health_check = { kind = \"tcp\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }";
+    let p = Proxy::start(&service(listen, extra, &[(free_addr(), 1)]), listen).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed, not hung");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(p.log_text().contains("no backend available"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let b = TcpBackend::start().await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "idle_timeout = \"500ms\"", &[(b.addr, 1)]),
+        listen,
+    )
+    .await;
+    let (_, mut r) = tcp_banner(listen, None).await.unwrap();
+    // Activity keeps it open...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        r.get_mut().write_all(b"ping\n").await.unwrap();
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line)
+            .await
+            .unwrap();
+        assert_eq!(line, "ping\n");
+    }
+    // ...silence closes it.
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(3), r.read(&mut buf))
+        .await
+        .expect("closed by idle timeout");
+    assert!(matches!(n, Ok(0) | Err(_)));
+}
