@@ -312,6 +312,14 @@ impl<'a> Reporter<'a> {
         }
     }
 
+    /// Plugins are resolved by the plugin host, which this build does not have yet.
+    fn no_plugin_host(&mut self, span: Range<usize>, what: &str, name: &str) {
+        self.err(
+            span,
+            format!("{what}: \"plugin:{name}\": WASM/Lua plugins are not supported by this build yet"),
+        );
+    }
+
     fn int_in(
         &mut self,
         v: &Option<toml::Spanned<i64>>,
@@ -355,6 +363,15 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
             .next()
             .ok_or_else(|| format!("address {s:?} resolves to nothing")),
         Err(e) => Err(format!("invalid address {s:?}: {e}")),
+    }
+}
+
+/// The valid addresses among a raw `listen` value (errors are reported by validation).
+fn raw_listen_addrs(v: &toml::Value) -> Vec<SocketAddr> {
+    let one = |v: &toml::Value| v.as_str().and_then(|a| parse_addr(a).ok());
+    match v {
+        toml::Value::Array(items) => items.iter().filter_map(one).collect(),
+        v => one(v).into_iter().collect(),
     }
 }
 
@@ -415,23 +432,19 @@ impl Config {
             r.err(0..0, "no [[service]] defined");
         }
         for s in &file.service {
-            let Some(svc) = validate_service(&mut r, s.get_ref(), s.span()) else {
-                continue;
-            };
-            if let Some(prev) = names.get(&svc.name) {
+            let name = s.get_ref().name.get_ref();
+            if let Some(prev) = names.get(name) {
                 let (line, _) = line_col(src, prev.start);
                 r.err(
                     s.get_ref().name.span(),
-                    format!(
-                        "duplicate service name {:?} (first defined on line {line})",
-                        svc.name
-                    ),
+                    format!("duplicate service name {name:?} (first defined on line {line})"),
                 );
             } else {
-                names.insert(svc.name.clone(), s.get_ref().name.span());
+                names.insert(name.clone(), s.get_ref().name.span());
             }
-            for addr in &svc.listen {
-                if let Some((other, line)) = listens.get(addr) {
+            // Listen addresses are compared even when the service has other errors.
+            for addr in raw_listen_addrs(s.get_ref().listen.get_ref()) {
+                if let Some((other, line)) = listens.get(&addr) {
                     r.err(
                         s.get_ref().listen.span(),
                         format!(
@@ -440,10 +453,12 @@ impl Config {
                     );
                 } else {
                     let (line, _) = line_col(src, s.get_ref().listen.span().start);
-                    listens.insert(*addr, (svc.name.clone(), line));
+                    listens.insert(addr, (name.clone(), line));
                 }
             }
-            services.push(svc);
+            if let Some(svc) = validate_service(&mut r, s.get_ref(), s.span()) {
+                services.push(svc);
+            }
         }
         if r.errors.is_empty() {
             Ok(Config {
@@ -577,7 +592,10 @@ fn validate_service(
             "random_two" => SchedulerKind::RandomTwo,
             "source_hash" => SchedulerKind::SourceHash,
             other => match plugin_name(other) {
-                Some(p) if valid_plugin_name(p) => SchedulerKind::Plugin(p.to_string()),
+                Some(p) if valid_plugin_name(p) => {
+                    r.no_plugin_host(v.span(), "scheduler", p);
+                    SchedulerKind::Plugin(p.to_string())
+                }
                 _ => {
                     r.err(
                         v.span(),
@@ -618,6 +636,7 @@ fn validate_service(
                 Some(PersistenceKeyKind::Header(n.to_ascii_lowercase()))
             }
         } else if let Some(n) = plugin_name(k).filter(|n| valid_plugin_name(n)) {
+            r.no_plugin_host(p.key.span(), "persistence.key", n);
             Some(PersistenceKeyKind::Plugin(n.to_string()))
         } else {
             r.err(
@@ -672,7 +691,10 @@ fn validate_service(
                 })
             }
             other => match plugin_name(other).filter(|n| valid_plugin_name(n)) {
-                Some(n) => Some(HealthKind::Plugin(n.to_string())),
+                Some(n) => {
+                    r.no_plugin_host(h.kind.span(), "health_check.kind", n);
+                    Some(HealthKind::Plugin(n.to_string()))
+                }
                 None => {
                     r.err(
                         h.kind.span(),
@@ -885,6 +907,13 @@ enabled = false
         let e = errs(src);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("t.toml:8:10: duplicate listen address 127.0.0.1:1 (already used by service \"a\" on line 3)"), "{e:?}");
+    }
+
+    #[test]
+    fn plugin_references_are_refused_at_their_line() {
+        let e = errs("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nscheduler = \"plugin:mine\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.toml:4:13: scheduler: \"plugin:mine\": WASM/Lua plugins are not supported"), "{e:?}");
     }
 
     #[test]

@@ -1,0 +1,150 @@
+//! `plugboard check` and `plugboard run` on good and bad configurations.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{write_config, BIN};
+
+fn check(path: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN).args(["check", "--config"]).arg(path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Checks `text` and returns the error lines with the temp path replaced by `F`.
+fn errors(text: &str) -> Vec<String> {
+    let (_dir, path) = write_config(text);
+    let (code, _out, err) = check(&path);
+    assert_eq!(code, 2, "expected refusal, got {code}: {err}");
+    err.lines().map(|l| l.replace(&path.display().to_string(), "F")).collect()
+}
+
+const GOOD: &str = r#"
+[proxy]
+threads = 1
+
+[[service]]
+name = "web"
+listen = "127.0.0.1:18080"
+[[service.backend]]
+address = "127.0.0.1:18081"
+"#;
+
+#[test]
+fn every_example_config_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let (code, out, err) = check(&p);
+            assert_eq!(code, 0, "{}: {err}", p.display());
+            assert!(out.contains(": OK, "), "{out}");
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example configs found in {}", dir.display());
+}
+
+#[test]
+fn summary_describes_the_config() {
+    let (_d, path) = write_config(GOOD);
+    let (code, out, _) = check(&path);
+    assert_eq!(code, 0);
+    assert!(out.contains("1 service(s), 1 worker thread(s)"), "{out}");
+    assert!(out.contains("web [http] listen 127.0.0.1:18080 scheduler round_robin"), "{out}");
+    assert!(out.contains("backend 127.0.0.1:18081 weight 1"), "{out}");
+}
+
+#[test]
+fn unknown_key_is_reported_at_its_line() {
+    let e = errors("[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nlisten_backlog = 5\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("F:4:1: unknown field `listen_backlog`, expected one of"), "{e:?}");
+}
+
+#[test]
+fn wrong_type_is_reported_at_its_line() {
+    let e = errors("[proxy]\nthreads = \"two\"\n");
+    assert!(e[0].starts_with("F:2:11: invalid type: string \"two\", expected i64"), "{e:?}");
+}
+
+#[test]
+fn syntax_error_is_reported_at_its_line() {
+    let e = errors("[[service]]\nname = \"web\n");
+    assert!(e[0].starts_with("F:2:"), "{e:?}");
+}
+
+#[test]
+fn all_semantic_errors_are_listed_with_lines() {
+    let cfg = r#"[[service]]
+name = "a"
+listen = "127.0.0.1:99999"
+scheduler = "fastest"
+persistence = { key = "cookie:bad name" }
+health_check = { kind = "udp", interval = "often" }
+[[service.backend]]
+address = "localhost"
+[[service.backend]]
+address = "127.0.0.1:5"
+weight = -1
+
+[[service]]
+name = "b"
+mode = "udp"
+listen = ["127.0.0.1:7000"]
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "c"
+listen = "127.0.0.1:7000"
+[[service.backend]]
+address = "127.0.0.1:5"
+"#;
+    let e = errors(cfg);
+    let expect = [
+        "F:3:10: listen: invalid address \"127.0.0.1:99999\"",
+        "F:4:13: scheduler: unknown scheduler \"fastest\"",
+        "F:5:23: persistence.key: invalid cookie name \"bad name\"",
+        "F:6:25: health_check.kind: unknown kind \"udp\"",
+        "F:6:43: health_check.interval: invalid duration \"often\"",
+        "F:8:11: backend address: invalid address \"localhost\": expected HOST:PORT",
+        "F:11:10: weight: -1 is out of range 0..=256",
+        "F:15:8: mode: unknown mode \"udp\"",
+        "F:22:10: duplicate listen address 127.0.0.1:7000 (already used by service \"b\" on line 16)",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+    }
+}
+
+#[test]
+fn duplicate_names_and_missing_backends() {
+    let e = errors("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:2\"\n[[service.backend]]\naddress = \"127.0.0.1:3\"\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("F:1:1: service \"a\" has no [[service.backend]]"), "{e:?}");
+    assert!(e[1].starts_with("F:6:8: duplicate service name \"a\" (first defined on line 2)"), "{e:?}");
+}
+
+#[test]
+fn run_refuses_a_bad_config_with_the_same_message() {
+    let (_d, path) = write_config("[proxy]\nthreads = 0\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2:11: threads: 0 is out of range 1..=1024", path.display())), "{err}");
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let (code, _, err) = check(Path::new("/nonexistent/plugboard.toml"));
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read"), "{err}");
+}
