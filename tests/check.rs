@@ -8,7 +8,11 @@ use std::process::Command;
 use common::{write_config, BIN};
 
 fn check(path: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN).args(["check", "--config"]).arg(path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -21,7 +25,9 @@ fn errors(text: &str) -> Vec<String> {
     let (_dir, path) = write_config(text);
     let (code, _out, err) = check(&path);
     assert_eq!(code, 2, "expected refusal, got {code}: {err}");
-    err.lines().map(|l| l.replace(&path.display().to_string(), "F")).collect()
+    err.lines()
+        .map(|l| l.replace(&path.display().to_string(), "F"))
+        .collect()
 }
 
 const GOOD: &str = r#"
@@ -57,7 +63,10 @@ fn summary_describes_the_config() {
     let (code, out, _) = check(&path);
     assert_eq!(code, 0);
     assert!(out.contains("1 service(s), 1 worker thread(s)"), "{out}");
-    assert!(out.contains("web [http] listen 127.0.0.1:18080 scheduler round_robin"), "{out}");
+    assert!(
+        out.contains("web [http] listen 127.0.0.1:18080 scheduler round_robin"),
+        "{out}"
+    );
     assert!(out.contains("backend 127.0.0.1:18081 weight 1"), "{out}");
 }
 
@@ -65,13 +74,19 @@ fn summary_describes_the_config() {
 fn unknown_key_is_reported_at_its_line() {
     let e = errors("[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:1\"\nlisten_backlog = 5\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("F:4:1: unknown field `listen_backlog`, expected one of"), "{e:?}");
+    assert!(
+        e[0].starts_with("F:4:1: unknown field `listen_backlog`, expected one of"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn wrong_type_is_reported_at_its_line() {
     let e = errors("[proxy]\nthreads = \"two\"\n");
-    assert!(e[0].starts_with("F:2:11: invalid type: string \"two\", expected i64"), "{e:?}");
+    assert!(
+        e[0].starts_with("F:2:11: invalid type: string \"two\", expected i64"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -129,17 +144,33 @@ address = "127.0.0.1:5"
 fn duplicate_names_and_missing_backends() {
     let e = errors("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:2\"\n[[service.backend]]\naddress = \"127.0.0.1:3\"\n");
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].starts_with("F:1:1: service \"a\" has no [[service.backend]]"), "{e:?}");
-    assert!(e[1].starts_with("F:6:8: duplicate service name \"a\" (first defined on line 2)"), "{e:?}");
+    assert!(
+        e[0].starts_with("F:1:1: service \"a\" has no [[service.backend]]"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("F:6:8: duplicate service name \"a\" (first defined on line 2)"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn run_refuses_a_bad_config_with_the_same_message() {
     let (_d, path) = write_config("[proxy]\nthreads = 0\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:2:11: threads: 0 is out of range 1..=1024", path.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:2:11: threads: 0 is out of range 1..=1024",
+            path.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

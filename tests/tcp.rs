@@ -53,6 +53,66 @@ async fn round_robin_honours_weights() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_honours_weights_when_idle() {
+    let (bs, list) = three([1, 1, 2]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "scheduler = \"least_connections\"", &list),
+        listen,
+    )
+    .await;
+    let mut names = Vec::new();
+    for _ in 0..400 {
+        let (name, r) = tcp_banner(listen, None).await.unwrap();
+        drop(r);
+        // Wait for the proxy to see the close, so that every connection finds all idle.
+        let b = bs.iter().find(|b| b.addr.to_string() == name).unwrap();
+        eventually(Duration::from_secs(2), async || b.open() == 0).await;
+        // The proxy drops its count right after the backend closes.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        names.push(name);
+    }
+    let t = tally(names.iter().map(|s| s.as_str()));
+    for (b, expected) in bs.iter().zip([100.0, 100.0, 200.0]) {
+        assert_near(
+            *t.get(&b.addr.to_string()).unwrap_or(&0),
+            expected,
+            0.10,
+            "tcp least_connections",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_hash_and_random_two() {
+    let (_bs, list) = three([1, 1, 1]).await;
+    let l1 = free_addr();
+    let l2 = free_addr();
+    let cfg = format!(
+        "{}\n[[service]]\nname = \"r2\"\nlisten = \"{l2}\"\nmode = \"tcp\"\nscheduler = \"random_two\"\n{}",
+        service(l1, "scheduler = \"source_hash\"", &list),
+        backends_toml(&list)
+    );
+    let _p = Proxy::start(&cfg, l1).await;
+    let mut homes = std::collections::HashSet::new();
+    for i in 2..20u8 {
+        let ip: IpAddr = [127, 0, 1, i].into();
+        let first = tcp_banner(l1, Some(ip)).await.unwrap().0;
+        for _ in 0..2 {
+            assert_eq!(
+                tcp_banner(l1, Some(ip)).await.unwrap().0,
+                first,
+                "{ip} moved"
+            );
+        }
+        homes.insert(first);
+    }
+    assert_eq!(homes.len(), 3);
+    let t = tally(banners(l2, 150).await.iter().map(|s| s.as_str()));
+    assert_eq!(t.len(), 3, "random_two uses every backend: {t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_with_long_held_connections() {
     let (bs, list) = three([1, 1, 1]).await;
     let listen = free_addr();

@@ -316,7 +316,9 @@ impl<'a> Reporter<'a> {
     fn no_plugin_host(&mut self, span: Range<usize>, what: &str, name: &str) {
         self.err(
             span,
-            format!("{what}: \"plugin:{name}\": WASM/Lua plugins are not supported by this build yet"),
+            format!(
+                "{what}: \"plugin:{name}\": WASM/Lua plugins are not supported by this build yet"
+            ),
         );
     }
 
@@ -913,7 +915,12 @@ enabled = false
     fn plugin_references_are_refused_at_their_line() {
         let e = errs("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nscheduler = \"plugin:mine\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("t.toml:4:13: scheduler: \"plugin:mine\": WASM/Lua plugins are not supported"), "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "t.toml:4:13: scheduler: \"plugin:mine\": WASM/Lua plugins are not supported"
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]

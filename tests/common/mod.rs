@@ -315,7 +315,7 @@ pub fn assert_near(actual: usize, expected: f64, tolerance: f64, what: &str) {
     );
 }
 
-/// Polls `cond` every 50 ms until it holds or `limit` passes.
+/// Polls `cond` every 10 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
@@ -325,7 +325,7 @@ pub async fn eventually(limit: Duration, mut cond: impl AsyncFnMut() -> bool) ->
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
