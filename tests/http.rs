@@ -8,10 +8,7 @@ use std::time::Duration;
 use common::*;
 
 fn service(listen: SocketAddr, extra: &str, backends: &[(SocketAddr, u32)]) -> String {
-    format!(
-        "[proxy]\nthreads = 2\n\n[[service]]\nname = \"web\"\nlisten = \"{listen}\"\nmode = \"http\"\n{extra}\n{}",
-        backends_toml(backends)
-    )
+    service_toml("http", listen, extra, backends)
 }
 
 async fn three(weights: [u32; 3]) -> (Vec<HttpBackend>, Vec<(SocketAddr, u32)>) {

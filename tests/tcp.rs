@@ -9,10 +9,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn service(listen: SocketAddr, extra: &str, backends: &[(SocketAddr, u32)]) -> String {
-    format!(
-        "[proxy]\nthreads = 2\n\n[[service]]\nname = \"l4\"\nlisten = \"{listen}\"\nmode = \"tcp\"\n{extra}\n{}",
-        backends_toml(backends)
-    )
+    service_toml("tcp", listen, extra, backends)
 }
 
 async fn three(weights: [u32; 3]) -> (Vec<TcpBackend>, Vec<(SocketAddr, u32)>) {

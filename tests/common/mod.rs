@@ -25,6 +25,31 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// Connects, from a chosen loopback source address (any of 127.0.0.0/8) when given.
+pub async fn tcp_connect(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    match from {
+        None => TcpStream::connect(to).await,
+        Some(ip) => {
+            let sock = TcpSocket::new_v4()?;
+            sock.bind(SocketAddr::new(ip, 0))?;
+            sock.connect(to).await
+        }
+    }
+}
+
+/// A one-service configuration: `[proxy] threads = 2`, then the service and its backends.
+pub fn service_toml(
+    mode: &str,
+    listen: SocketAddr,
+    extra: &str,
+    backends: &[(SocketAddr, u32)],
+) -> String {
+    format!(
+        "[proxy]\nthreads = 2\n\n[[service]]\nname = \"{mode}-svc\"\nlisten = \"{listen}\"\nmode = \"{mode}\"\n{extra}\n{}",
+        backends_toml(backends)
+    )
+}
+
 /// A running `plugboard run`, killed on drop.
 pub struct Proxy {
     child: Child,
@@ -226,15 +251,7 @@ impl Client {
 
     /// Connects from a chosen loopback source address (any of 127.0.0.0/8).
     pub async fn connect_from(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<Client> {
-        let s = match from {
-            None => TcpStream::connect(to).await?,
-            Some(ip) => {
-                let sock = TcpSocket::new_v4()?;
-                sock.bind(SocketAddr::new(ip, 0))?;
-                sock.connect(to).await?
-            }
-        };
-        let (r, w) = s.into_split();
+        let (r, w) = tcp_connect(to, from).await?.into_split();
         Ok(Client {
             r: BufReader::new(r),
             w,
@@ -410,15 +427,7 @@ pub async fn tcp_banner(
     to: SocketAddr,
     from: Option<IpAddr>,
 ) -> std::io::Result<(String, BufReader<TcpStream>)> {
-    let s = match from {
-        None => TcpStream::connect(to).await?,
-        Some(ip) => {
-            let sock = TcpSocket::new_v4()?;
-            sock.bind(SocketAddr::new(ip, 0))?;
-            sock.connect(to).await?
-        }
-    };
-    let mut r = BufReader::new(s);
+    let mut r = BufReader::new(tcp_connect(to, from).await?);
     let mut line = String::new();
     let n = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
         .await
