@@ -12,10 +12,15 @@ use std::sync::Arc;
 use pingora::http::ResponseHeader;
 use prometheus::IntCounter;
 
-use crate::config::{HealthConfig, ServiceConfig};
-use crate::hooks::{HealthCheck, HealthReport, KeyOutcome, PersistenceKey, Request, SelectServer};
+use crate::config::{
+    Config, HealthConfig, HealthKind, Mode, PersistenceKeyKind, SchedulerKind, ServiceConfig,
+};
+use crate::hooks::{
+    HealthCheck, HealthReport, KeyOutcome, PersistenceKey, Pick, Request, SelectServer,
+};
 use crate::metrics::{BackendCounters, Metrics};
 use crate::persistence::{MemoryTable, PersistenceTable};
+use crate::plugin::{PluginHealth, PluginKey, PluginSelect, Registry};
 use crate::pool::{Pool, Transition};
 
 /// A persistence-key hook and the table its keys are pinned in.
@@ -28,6 +33,8 @@ pub struct Balancer {
     cfg: ServiceConfig,
     pub pool: Arc<Pool>,
     scheduler: Box<dyn SelectServer>,
+    /// Decides when a plugin scheduler has no opinion or fails.
+    fallback: Option<Box<dyn SelectServer>>,
     persistence: Option<Persistence>,
     health: Option<(Arc<dyn HealthCheck>, HealthConfig)>,
     counters: Vec<BackendCounters>,
@@ -36,34 +43,55 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Builds a service from its validated config with built-in hooks.
-    ///
-    /// Fails on a `plugin:` reference: plugins are resolved by the plugin host, which is not
-    /// part of this build yet.
-    pub fn new(cfg: &ServiceConfig, metrics: &Metrics) -> Result<Self, String> {
+    /// Builds service number `index` of `config`, with built-in hooks and, for `plugin:`
+    /// references, the plugins of `plugins`.
+    pub fn new(
+        config: &Config,
+        index: usize,
+        metrics: &Metrics,
+        plugins: Option<&Registry>,
+    ) -> Result<Self, String> {
+        let cfg = &config.services[index];
         let pool = Arc::new(Pool::new(&cfg.backends, cfg.slow_start));
-        let unsupported = |what: &str, name: &str| {
-            format!(
-                "service {:?}: {what} plugin:{name}: plugins are not supported by this build",
-                cfg.name
-            )
+        let bind = |name: &str| {
+            plugins
+                .and_then(|r| r.bind(config, index, name))
+                .ok_or_else(|| format!("service {:?}: plugin {name:?} is not loaded", cfg.name))
         };
-        let scheduler = crate::scheduler::builtin(&cfg.scheduler, &pool).ok_or_else(|| {
-            unsupported("scheduler", &cfg.scheduler.to_string()["plugin:".len()..])
-        })?;
+        let (scheduler, fallback): (Box<dyn SelectServer>, _) = match &cfg.scheduler {
+            SchedulerKind::Plugin(name) => (
+                Box::new(PluginSelect(bind(name)?)),
+                crate::scheduler::builtin(&cfg.fallback_scheduler, &pool),
+            ),
+            kind => (
+                crate::scheduler::builtin(kind, &pool).expect("built-in scheduler"),
+                None,
+            ),
+        };
         let persistence = match &cfg.persistence {
             None => None,
             Some(p) => Some(Persistence {
-                hook: crate::persistence::builtin_key(p, &cfg.name, &pool).ok_or_else(|| {
-                    unsupported("persistence key", &p.key.to_string()["plugin:".len()..])
-                })?,
+                hook: match &p.key {
+                    PersistenceKeyKind::Plugin(name) => Box::new(PluginKey {
+                        binding: bind(name)?,
+                        tcp: cfg.mode == Mode::Tcp,
+                    }),
+                    _ => {
+                        crate::persistence::builtin_key(p, &cfg.name, &pool).expect("built-in key")
+                    }
+                },
                 table: Box::new(MemoryTable::new(p.timeout, p.max_entries)),
             }),
         };
         let health = match &cfg.health_check {
             None => None,
             Some(h) => Some((
-                crate::health::builtin(h).ok_or_else(|| unsupported("health check", ""))?,
+                match &h.kind {
+                    HealthKind::Plugin(name) => {
+                        Arc::new(PluginHealth::new(bind(name)?, h.timeout)) as Arc<dyn HealthCheck>
+                    }
+                    _ => crate::health::builtin(h).expect("built-in health check"),
+                },
                 h.clone(),
             )),
         };
@@ -78,6 +106,7 @@ impl Balancer {
             cfg: cfg.clone(),
             pool,
             scheduler,
+            fallback,
             persistence,
             health,
             counters,
@@ -112,8 +141,21 @@ impl Balancer {
         i < self.pool.len() && self.pool.get(i).available() && !avoid.contains(&i)
     }
 
+    /// The select-server hook, then the fallback scheduler when the hook has no opinion.
+    fn select(&self, req: &Request<'_>, avoid: &[usize]) -> Option<usize> {
+        match self.scheduler.select(req, &self.pool, avoid) {
+            Pick::Backend(i) => Some(i),
+            Pick::Reject => None,
+            Pick::NoOpinion => match self.fallback.as_ref()?.select(req, &self.pool, avoid) {
+                Pick::Backend(i) => Some(i),
+                _ => None,
+            },
+        }
+    }
+
     /// Picks the backend: the one the request names, else the one its key is pinned to,
-    /// else the scheduler's choice (which is then pinned). `None`: no backend available.
+    /// else the scheduler's choice (which is then pinned). `None`: no backend available, or
+    /// a plugin failed under the `reject` policy.
     pub fn choose(
         &self,
         req: &Request<'_>,
@@ -121,6 +163,7 @@ impl Balancer {
         avoid: &[usize],
     ) -> Option<usize> {
         let chosen = match (outcome, &self.persistence) {
+            (KeyOutcome::Reject, _) => None,
             (KeyOutcome::Backend(i), _) if self.usable(*i, avoid) => Some(*i),
             (KeyOutcome::Key(k), Some(p)) => match p.table.lookup(k) {
                 Some(i) if self.usable(i, avoid) => Some(i),
@@ -129,14 +172,14 @@ impl Balancer {
                         key: Some(k),
                         ..*req
                     };
-                    let i = self.scheduler.select(&req, &self.pool, avoid);
+                    let i = self.select(&req, avoid);
                     if let Some(i) = i {
                         p.table.pin(k, i);
                     }
                     i
                 }
             },
-            _ => self.scheduler.select(req, &self.pool, avoid),
+            _ => self.select(req, avoid),
         };
         match chosen {
             Some(i) => self.counters[i].selected.inc(),

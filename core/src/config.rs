@@ -23,6 +23,10 @@ pub const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_PERSISTENCE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Default bound on the number of persistence entries per service.
 pub const DEFAULT_PERSISTENCE_MAX_ENTRIES: u64 = 1_000_000;
+/// Default for `plugin_deadline`.
+pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(20);
+/// Default for `plugin_memory`.
+pub const DEFAULT_PLUGIN_MEMORY: usize = 32 << 20;
 /// Largest accepted backend weight (as HAProxy).
 pub const MAX_WEIGHT: u32 = 256;
 
@@ -163,6 +167,44 @@ pub struct BackendConfig {
     pub enabled: bool,
 }
 
+/// The three hook points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    SelectServer,
+    PersistenceKey,
+    HealthCheck,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::SelectServer => "select-server",
+            Hook::PersistenceKey => "persistence-key",
+            Hook::HealthCheck => "health-check",
+        }
+    }
+}
+
+/// A `plugin:<name>` reference, kept with its position so that the plugin host can report
+/// problems with it (not found, hook not implemented) at the right line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRef {
+    pub service: usize,
+    pub name: String,
+    pub hook: Hook,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// What happens when a plugin traps, times out, runs out of memory or answers nonsense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginErrorPolicy {
+    /// Built-in fallback scheduler / no key / keep the last health state.
+    Fallback,
+    /// HTTP 503 / TCP close (health: the backend counts as down).
+    Reject,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
@@ -177,6 +219,11 @@ pub struct ServiceConfig {
     pub inspect_timeout: Duration,
     /// How many times a request whose connect failed is sent to another backend.
     pub retries: u32,
+    pub on_plugin_error: PluginErrorPolicy,
+    /// Built-in scheduler used when a plugin scheduler has no opinion or fails.
+    pub fallback_scheduler: SchedulerKind,
+    /// `[service.plugin.<name>]` tables, as JSON, handed to the plugin when it is loaded.
+    pub plugin_settings: std::collections::BTreeMap<String, serde_json::Value>,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -194,6 +241,10 @@ pub struct ProxyConfig {
     /// Address of the Prometheus `/metrics` endpoint, if any.
     pub metrics: Option<SocketAddr>,
     pub grace_period: Duration,
+    /// Longest a plugin call on the request path may run.
+    pub plugin_deadline: Duration,
+    /// Memory cap of one plugin instance (WASM linear memory, Lua heap), in bytes.
+    pub plugin_memory: usize,
 }
 
 /// A validated configuration.
@@ -202,6 +253,7 @@ pub struct Config {
     pub path: PathBuf,
     pub proxy: ProxyConfig,
     pub services: Vec<ServiceConfig>,
+    pub plugin_refs: Vec<PluginRef>,
 }
 
 /// The file as written, with spans, before validation.
@@ -226,6 +278,8 @@ mod raw {
         pub log_format: Option<Spanned<String>>,
         pub metrics: Option<Spanned<String>>,
         pub grace_period: Option<Spanned<String>>,
+        pub plugin_deadline: Option<Spanned<String>>,
+        pub plugin_memory: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -242,6 +296,10 @@ mod raw {
         pub idle_timeout: Option<Spanned<String>>,
         pub inspect_timeout: Option<Spanned<String>>,
         pub retries: Option<Spanned<i64>>,
+        pub on_plugin_error: Option<Spanned<String>>,
+        pub fallback_scheduler: Option<Spanned<String>>,
+        #[serde(default)]
+        pub plugin: std::collections::BTreeMap<String, Spanned<toml::Table>>,
         #[serde(default)]
         pub backend: Vec<Spanned<Backend>>,
     }
@@ -312,16 +370,6 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// Plugins are resolved by the plugin host, which this build does not have yet.
-    fn no_plugin_host(&mut self, span: Range<usize>, what: &str, name: &str) {
-        self.err(
-            span,
-            format!(
-                "{what}: \"plugin:{name}\": WASM/Lua plugins are not supported by this build yet"
-            ),
-        );
-    }
-
     fn int_in(
         &mut self,
         v: &Option<toml::Spanned<i64>>,
@@ -377,6 +425,21 @@ fn raw_listen_addrs(v: &toml::Value) -> Vec<SocketAddr> {
     }
 }
 
+/// `"512KiB"`, `"16MiB"`, `"1GiB"` or a plain number of bytes.
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: usize = s[..split].parse().ok()?;
+    let unit = match s[split..].trim() {
+        "" | "B" => 1,
+        "KiB" | "KB" | "K" => 1 << 10,
+        "MiB" | "MB" | "M" => 1 << 20,
+        "GiB" | "GB" | "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
 fn plugin_name(s: &str) -> Option<&str> {
     s.strip_prefix("plugin:")
 }
@@ -428,6 +491,7 @@ impl Config {
         let proxy = validate_proxy(&mut r, file.proxy.as_ref().map(|p| p.get_ref()), base);
 
         let mut services = Vec::new();
+        let mut plugin_refs = Vec::new();
         let mut names: HashMap<String, Range<usize>> = HashMap::new();
         let mut listens: HashMap<SocketAddr, (String, usize)> = HashMap::new();
         if file.service.is_empty() {
@@ -458,7 +522,18 @@ impl Config {
                     listens.insert(addr, (name.clone(), line));
                 }
             }
-            if let Some(svc) = validate_service(&mut r, s.get_ref(), s.span()) {
+            let mut refs = Vec::new();
+            if let Some(svc) = validate_service(&mut r, s.get_ref(), s.span(), &mut refs) {
+                for (name, hook, span) in refs {
+                    let (line, col) = line_col(src, span.start);
+                    plugin_refs.push(PluginRef {
+                        service: services.len(),
+                        name,
+                        hook,
+                        line,
+                        col,
+                    });
+                }
                 services.push(svc);
             }
         }
@@ -467,6 +542,7 @@ impl Config {
                 path: path.to_path_buf(),
                 proxy,
                 services,
+                plugin_refs,
             })
         } else {
             Err(ConfigErrors(r.errors))
@@ -485,6 +561,8 @@ fn validate_proxy(r: &mut Reporter, p: Option<&raw::Proxy>, base: &Path) -> Prox
             log_format: LogFormat::Human,
             metrics: None,
             grace_period: Duration::from_secs(5),
+            plugin_deadline: DEFAULT_PLUGIN_DEADLINE,
+            plugin_memory: DEFAULT_PLUGIN_MEMORY,
         };
     };
     let threads = r
@@ -519,12 +597,34 @@ fn validate_proxy(r: &mut Reporter, p: Option<&raw::Proxy>, base: &Path) -> Prox
     let grace_period = r
         .duration(&p.grace_period, "grace_period")
         .unwrap_or(Duration::from_secs(5));
+    let plugin_deadline = r
+        .duration(&p.plugin_deadline, "plugin_deadline")
+        .unwrap_or(DEFAULT_PLUGIN_DEADLINE);
+    let plugin_memory = p
+        .plugin_memory
+        .as_ref()
+        .and_then(|v| match parse_size(v.get_ref()) {
+            Some(n) if n >= 1 << 20 => Some(n),
+            _ => {
+                r.err(
+                    v.span(),
+                    format!(
+                        "plugin_memory: invalid size {:?}; write e.g. \"16MiB\" (at least 1MiB)",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        })
+        .unwrap_or(DEFAULT_PLUGIN_MEMORY);
     ProxyConfig {
         threads,
         plugins_dir,
         log_format,
         metrics,
         grace_period,
+        plugin_deadline,
+        plugin_memory,
     }
 }
 
@@ -532,6 +632,7 @@ fn validate_service(
     r: &mut Reporter,
     s: &raw::Service,
     span: Range<usize>,
+    refs: &mut Vec<(String, Hook, Range<usize>)>,
 ) -> Option<ServiceConfig> {
     let before = r.errors.len();
     let name = s.name.get_ref().clone();
@@ -595,7 +696,7 @@ fn validate_service(
             "source_hash" => SchedulerKind::SourceHash,
             other => match plugin_name(other) {
                 Some(p) if valid_plugin_name(p) => {
-                    r.no_plugin_host(v.span(), "scheduler", p);
+                    refs.push((p.to_string(), Hook::SelectServer, v.span()));
                     SchedulerKind::Plugin(p.to_string())
                 }
                 _ => {
@@ -638,7 +739,7 @@ fn validate_service(
                 Some(PersistenceKeyKind::Header(n.to_ascii_lowercase()))
             }
         } else if let Some(n) = plugin_name(k).filter(|n| valid_plugin_name(n)) {
-            r.no_plugin_host(p.key.span(), "persistence.key", n);
+            refs.push((n.to_string(), Hook::PersistenceKey, p.key.span()));
             Some(PersistenceKeyKind::Plugin(n.to_string()))
         } else {
             r.err(
@@ -694,7 +795,7 @@ fn validate_service(
             }
             other => match plugin_name(other).filter(|n| valid_plugin_name(n)) {
                 Some(n) => {
-                    r.no_plugin_host(h.kind.span(), "health_check.kind", n);
+                    refs.push((n.to_string(), Hook::HealthCheck, h.kind.span()));
                     Some(HealthKind::Plugin(n.to_string()))
                 }
                 None => {
@@ -762,6 +863,51 @@ fn validate_service(
         }
     }
     let retries = r.int_in(&s.retries, "retries", 0, 10).unwrap_or(1) as u32;
+    let on_plugin_error = match s.on_plugin_error.as_ref() {
+        None => PluginErrorPolicy::Fallback,
+        Some(v) => match v.get_ref().as_str() {
+            "fallback" => PluginErrorPolicy::Fallback,
+            "reject" => PluginErrorPolicy::Reject,
+            other => {
+                r.err(v.span(), format!("on_plugin_error: unknown policy {other:?}; expected \"fallback\" or \"reject\""));
+                PluginErrorPolicy::Fallback
+            }
+        },
+    };
+    let fallback_scheduler = match s.fallback_scheduler.as_ref() {
+        None => SchedulerKind::RoundRobin,
+        Some(v) => match v.get_ref().as_str() {
+            "round_robin" => SchedulerKind::RoundRobin,
+            "least_connections" => SchedulerKind::LeastConnections,
+            "random_two" => SchedulerKind::RandomTwo,
+            "source_hash" => SchedulerKind::SourceHash,
+            other => {
+                r.err(
+                    v.span(),
+                    format!("fallback_scheduler: {other:?} is not a built-in scheduler"),
+                );
+                SchedulerKind::RoundRobin
+            }
+        },
+    };
+    let mut plugin_settings = std::collections::BTreeMap::new();
+    for (name, table) in &s.plugin {
+        if !refs.iter().any(|(n, _, _)| n == name) {
+            // Point at the table's header line.
+            let start = table.span().start;
+            let header = if r.src[start..].starts_with('[') {
+                start
+            } else {
+                r.src[..start].rfind("[service.plugin").unwrap_or(start)
+            };
+            r.err(
+                header..header,
+                format!("[service.plugin.{name}]: this service uses no plugin {name:?}"),
+            );
+        }
+        let json = serde_json::to_value(table.get_ref()).unwrap_or(serde_json::Value::Null);
+        plugin_settings.insert(name.clone(), json);
+    }
 
     let mut backends: Vec<BackendConfig> = Vec::new();
     if s.backend.is_empty() {
@@ -808,6 +954,9 @@ fn validate_service(
         idle_timeout,
         inspect_timeout,
         retries,
+        on_plugin_error,
+        fallback_scheduler,
+        plugin_settings,
         backends,
     })
 }
@@ -912,12 +1061,33 @@ enabled = false
     }
 
     #[test]
-    fn plugin_references_are_refused_at_their_line() {
-        let e = errs("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nscheduler = \"plugin:mine\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
+    fn plugin_references_keep_their_position_and_settings() {
+        let c = Config::parse(
+            Path::new("t.toml"),
+            "[proxy]\nplugins_dir = \"p\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nscheduler = \"plugin:mine\"\non_plugin_error = \"reject\"\n[service.plugin.mine]\nport = 80\nmode = \"x\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.plugin_refs.len(), 1);
+        let r = &c.plugin_refs[0];
+        assert_eq!(
+            (r.name.as_str(), r.hook, r.line, r.col),
+            ("mine", Hook::SelectServer, 6, 13)
+        );
+        let s = &c.services[0];
+        assert_eq!(s.on_plugin_error, PluginErrorPolicy::Reject);
+        assert_eq!(
+            s.plugin_settings["mine"],
+            serde_json::json!({"port": 80, "mode": "x"})
+        );
+    }
+
+    #[test]
+    fn settings_for_an_unused_plugin_are_an_error() {
+        let e = errs("[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[service.plugin.nope]\nx = 1\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].starts_with(
-                "t.toml:4:13: scheduler: \"plugin:mine\": WASM/Lua plugins are not supported"
+                "t.toml:4:1: [service.plugin.nope]: this service uses no plugin \"nope\""
             ),
             "{e:?}"
         );

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::balancer::Balancer;
 use crate::config::{HealthConfig, HealthKind};
 use crate::hooks::{HealthCheck, HealthReport};
+use crate::pool::Pool;
 
 /// Builds the built-in check for this config; `None` for plugins.
 pub fn builtin(cfg: &HealthConfig) -> Option<Arc<dyn HealthCheck>> {
@@ -41,11 +42,11 @@ pub struct TcpCheck;
 
 #[async_trait]
 impl HealthCheck for TcpCheck {
-    async fn check(&self, target: SocketAddr) -> HealthReport {
-        match TcpStream::connect(target).await {
+    async fn check(&self, _: &Arc<Pool>, _: usize, target: SocketAddr) -> Option<HealthReport> {
+        Some(match TcpStream::connect(target).await {
             Ok(_) => HealthReport::UP,
             Err(_) => HealthReport::DOWN,
-        }
+        })
     }
 }
 
@@ -58,11 +59,13 @@ pub struct HttpCheck {
 
 #[async_trait]
 impl HealthCheck for HttpCheck {
-    async fn check(&self, target: SocketAddr) -> HealthReport {
-        match http_status(target, &self.path, self.host.as_deref()).await {
-            Some(s) if s == self.expect_status => HealthReport::UP,
-            _ => HealthReport::DOWN,
-        }
+    async fn check(&self, _: &Arc<Pool>, _: usize, target: SocketAddr) -> Option<HealthReport> {
+        Some(
+            match http_status(target, &self.path, self.host.as_deref()).await {
+                Some(s) if s == self.expect_status => HealthReport::UP,
+                _ => HealthReport::DOWN,
+            },
+        )
     }
 }
 
@@ -136,10 +139,11 @@ async fn check_loop(b: Arc<Balancer>, check: Arc<dyn HealthCheck>, cfg: HealthCo
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let report = tokio::time::timeout(cfg.timeout, check.check(target))
-            .await
-            .unwrap_or(HealthReport::DOWN);
-        b.observe(i, report, "health check");
+        match tokio::time::timeout(cfg.timeout, check.check(&b.pool, i, target)).await {
+            Ok(Some(report)) => b.observe(i, report, "health check"),
+            Ok(None) => {}
+            Err(_) => b.observe(i, HealthReport::DOWN, "health check timeout"),
+        }
     }
 }
 

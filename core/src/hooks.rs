@@ -9,6 +9,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -102,13 +103,26 @@ pub enum KeyOutcome<'r> {
     /// The request itself names the backend (a proxy-inserted cookie, an RDP routing token).
     /// Used while that backend is available; otherwise the request is re-balanced.
     Backend(usize),
+    /// Refuse the request (a plugin failed and the service's policy is `reject`).
+    Reject,
+}
+
+/// What a select-server hook decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Backend(usize),
+    /// No opinion (a plugin), or nothing available (a built-in): the service's fallback
+    /// scheduler decides, if it has one.
+    NoOpinion,
+    /// Refuse the request (a plugin failed and the service's policy is `reject`).
+    Reject,
 }
 
 /// Which backend gets this request or connection.
 pub trait SelectServer: Send + Sync {
     /// Picks an available backend that is not in `avoid` (backends that already failed this
-    /// request). `None` means "no opinion" from a plugin, or no backend left for a built-in.
-    fn select(&self, req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Option<usize>;
+    /// request).
+    fn select(&self, req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Pick;
 }
 
 /// What makes a client sticky.
@@ -158,7 +172,14 @@ impl HealthReport {
 /// by the configured timeout.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
-    async fn check(&self, target: SocketAddr) -> HealthReport;
+    /// Checks backend `backend` of `pool` at `target` (its address, or the configured check
+    /// port). `None`: no verdict (a plugin failed), the backend keeps its state.
+    async fn check(
+        &self,
+        pool: &Arc<Pool>,
+        backend: usize,
+        target: SocketAddr,
+    ) -> Option<HealthReport>;
 }
 
 #[cfg(test)]

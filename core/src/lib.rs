@@ -13,6 +13,7 @@ pub mod http_proxy;
 pub mod logging;
 pub mod metrics;
 pub mod persistence;
+pub mod plugin;
 pub mod pool;
 pub mod scheduler;
 pub mod server;

@@ -49,7 +49,11 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     // Build the services once, as `run` would, so that `check` catches what only building
     // reveals (such as a plugin this build cannot load).
     let metrics = plugboard::metrics::Metrics::new();
-    plugboard::server::build_balancers(&cfg, &metrics).map_err(|e| {
+    let plugins = plugboard::server::load_plugins(&cfg, &metrics).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    plugboard::server::build_balancers(&cfg, &metrics, plugins.as_deref()).map_err(|e| {
         eprintln!("{}: {e}", path.display());
         ExitCode::from(2)
     })?;

@@ -22,6 +22,7 @@ pub struct Metrics {
     transitions: IntCounterVec,
     active: IntGaugeVec,
     up: IntGaugeVec,
+    plugin_faults: IntCounterVec,
 }
 
 /// Handles for one backend.
@@ -77,6 +78,11 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let plugin_faults = counter(
+            "plugboard_plugin_faults_total",
+            "Plugin calls that trapped, timed out, ran out of memory, answered nonsense or could not start",
+            &["plugin", "service", "kind"],
+        );
         let active = gauge(
             "plugboard_backend_active",
             "Requests or connections in flight",
@@ -90,7 +96,12 @@ impl Metrics {
             transitions,
             active,
             up,
+            plugin_faults,
         }
+    }
+
+    pub fn plugin_faults(&self) -> IntCounterVec {
+        self.plugin_faults.clone()
     }
 
     pub fn backend(&self, service: &str, backend: &str) -> BackendCounters {

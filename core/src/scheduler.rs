@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::SchedulerKind;
-use crate::hooks::{Request, SelectServer};
+use crate::hooks::{Pick, Request, SelectServer};
 use crate::pool::{Backend, Pool, WEIGHT_SCALE};
 
 /// Builds the built-in scheduler of this kind; `None` for plugins.
@@ -114,7 +114,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 }
 
 impl SelectServer for RoundRobin {
-    fn select(&self, _req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Option<usize> {
+    fn select(&self, _req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Pick {
         let mut seq = self.seq.load();
         if seq.generation != pool.generation() {
             self.seq.store(Arc::new(Self::build(pool)));
@@ -124,10 +124,10 @@ impl SelectServer for RoundRobin {
         for _ in 0..n {
             let i = seq.order[self.next.fetch_add(1, Relaxed) % n] as usize;
             if eligible(pool.get(i), i, avoid) {
-                return Some(i);
+                return Pick::Backend(i);
             }
         }
-        None
+        Pick::NoOpinion
     }
 }
 
@@ -139,7 +139,7 @@ pub struct LeastConnections {
 }
 
 impl SelectServer for LeastConnections {
-    fn select(&self, _req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Option<usize> {
+    fn select(&self, _req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Pick {
         let n = pool.len();
         let start = self.start.fetch_add(1, Relaxed);
         let mut best: Option<usize> = None;
@@ -153,10 +153,13 @@ impl SelectServer for LeastConnections {
                 best = Some(i);
             }
         }
-        if let Some(i) = best {
-            pool.get(i).record_pick();
+        match best {
+            Some(i) => {
+                pool.get(i).record_pick();
+                Pick::Backend(i)
+            }
+            None => Pick::NoOpinion,
         }
-        best
     }
 }
 
@@ -164,7 +167,7 @@ impl SelectServer for LeastConnections {
 pub struct RandomTwo;
 
 impl SelectServer for RandomTwo {
-    fn select(&self, _req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Option<usize> {
+    fn select(&self, _req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Pick {
         let n = pool.len();
         let pick = || {
             // A few random draws find an eligible backend fast; a scan settles the rest.
@@ -179,13 +182,16 @@ impl SelectServer for RandomTwo {
                 .map(|k| (start + k) % n)
                 .find(|&i| eligible(pool.get(i), i, avoid))
         };
-        let a = pick()?;
-        let b = pick()?;
-        Some(if less_loaded(pool.get(b), pool.get(a)) {
+        let (Some(a), Some(b)) = (pick(), pick()) else {
+            return Pick::NoOpinion;
+        };
+        let i = if less_loaded(pool.get(b), pool.get(a)) {
             b
         } else {
             a
-        })
+        };
+        pool.get(i).record_pick();
+        Pick::Backend(i)
     }
 }
 
@@ -216,9 +222,9 @@ impl SourceHash {
 }
 
 impl SelectServer for SourceHash {
-    fn select(&self, req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Option<usize> {
+    fn select(&self, req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Pick {
         if self.ring.is_empty() {
-            return None;
+            return Pick::NoOpinion;
         }
         let ip = req
             .client
@@ -232,6 +238,7 @@ impl SelectServer for SourceHash {
         (0..n)
             .map(|k| self.ring[(start + k) % n].1 as usize)
             .find(|&i| eligible(pool.get(i), i, avoid))
+            .map_or(Pick::NoOpinion, Pick::Backend)
     }
 }
 
@@ -281,6 +288,15 @@ mod tests {
         Pool::new(&cfg, None)
     }
 
+    impl Pick {
+        fn backend(self) -> usize {
+            match self {
+                Pick::Backend(i) => i,
+                other => panic!("expected a backend, got {other:?}"),
+            }
+        }
+    }
+
     fn req(client: Option<SocketAddr>) -> Request<'static> {
         Request {
             service: "t",
@@ -297,7 +313,7 @@ mod tests {
         let p = pool(&[5, 1, 1]);
         let rr = RoundRobin::new(&p);
         let picks: Vec<_> = (0..7)
-            .map(|_| rr.select(&req(None), &p, &[]).unwrap())
+            .map(|_| rr.select(&req(None), &p, &[]).backend())
             .collect();
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
     }
@@ -310,10 +326,10 @@ mod tests {
             p.observe(1, false, 1, 3);
         }
         for _ in 0..30 {
-            let i = rr.select(&req(None), &p, &[2]).unwrap();
+            let i = rr.select(&req(None), &p, &[2]).backend();
             assert_eq!(i, 0);
         }
-        assert_eq!(rr.select(&req(None), &p, &[0, 2]), None);
+        assert_eq!(rr.select(&req(None), &p, &[0, 2]), Pick::NoOpinion);
     }
 
     #[test]
@@ -323,11 +339,11 @@ mod tests {
         let _g1 = p.acquire(0);
         let _g2 = p.acquire(1);
         // 1/1 vs 1/2: the heavier backend wins.
-        assert_eq!(lc.select(&req(None), &p, &[]), Some(1));
+        assert_eq!(lc.select(&req(None), &p, &[]), Pick::Backend(1));
         // 1/1 vs 3/2.
         let _g3 = p.acquire(1);
         let _g4 = p.acquire(1);
-        assert_eq!(lc.select(&req(None), &p, &[]), Some(0));
+        assert_eq!(lc.select(&req(None), &p, &[]), Pick::Backend(0));
     }
 
     #[test]
@@ -336,7 +352,7 @@ mod tests {
         let lc = LeastConnections::default();
         let mut n = [0; 3];
         for _ in 0..400 {
-            n[lc.select(&req(None), &p, &[]).unwrap()] += 1;
+            n[lc.select(&req(None), &p, &[]).backend()] += 1;
         }
         assert_eq!(n, [100, 100, 200]);
     }
@@ -350,7 +366,7 @@ mod tests {
             .collect();
         let before: Vec<_> = clients
             .iter()
-            .map(|c| sh.select(&req(Some(*c)), &p, &[]).unwrap())
+            .map(|c| sh.select(&req(Some(*c)), &p, &[]).backend())
             .collect();
         let mut counts = [0; 4];
         before.iter().for_each(|&i| counts[i] += 1);
@@ -359,7 +375,7 @@ mod tests {
             p.observe(2, false, 1, 3);
         }
         for (c, &b) in clients.iter().zip(&before) {
-            let now = sh.select(&req(Some(*c)), &p, &[]).unwrap();
+            let now = sh.select(&req(Some(*c)), &p, &[]).backend();
             if b != 2 {
                 assert_eq!(now, b);
             } else {
@@ -373,7 +389,7 @@ mod tests {
         let p = pool(&[1, 1, 1]);
         p.set_enabled(0, false);
         for _ in 0..200 {
-            assert_ne!(RandomTwo.select(&req(None), &p, &[]), Some(0));
+            assert_ne!(RandomTwo.select(&req(None), &p, &[]), Pick::Backend(0));
         }
     }
 }

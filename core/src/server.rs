@@ -8,22 +8,37 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::balancer::Balancer;
-use crate::config::{Config, Mode};
+use crate::config::{Config, ConfigErrors, Mode};
 use crate::health::HealthService;
 use crate::http_proxy::HttpService;
 use crate::metrics::{Metrics, MetricsApp};
+use crate::plugin::Registry;
 use crate::tcp_proxy::TcpService;
 
+/// Loads the plugins a configuration refers to (errors at their config lines).
+pub fn load_plugins(
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<Registry>>, ConfigErrors> {
+    if cfg.plugin_refs.is_empty() {
+        return Ok(None);
+    }
+    Registry::load(cfg, metrics.plugin_faults()).map(|r| Some(Arc::new(r)))
+}
+
 /// Builds every service's balancer; an error names the service and what is missing.
-pub fn build_balancers(cfg: &Config, metrics: &Metrics) -> Result<Vec<Arc<Balancer>>, String> {
-    cfg.services
-        .iter()
-        .map(|s| Balancer::new(s, metrics).map(Arc::new))
+pub fn build_balancers(
+    cfg: &Config,
+    metrics: &Metrics,
+    plugins: Option<&Registry>,
+) -> Result<Vec<Arc<Balancer>>, String> {
+    (0..cfg.services.len())
+        .map(|i| Balancer::new(cfg, i, metrics, plugins).map(Arc::new))
         .collect()
 }
 
 /// Builds the pingora server: one listening service per configured service, the health
-/// checker, and the metrics endpoint when configured.
+/// checker, and the metrics endpoint when configured; starts watching the plugins directory.
 pub fn build(cfg: &Config) -> Result<Server, String> {
     let conf = ServerConf {
         threads: cfg.proxy.threads,
@@ -37,7 +52,13 @@ pub fn build(cfg: &Config) -> Result<Server, String> {
     server.bootstrap();
     let conf = server.configuration.clone();
     let metrics = Arc::new(Metrics::new());
-    let balancers = build_balancers(cfg, &metrics)?;
+    let plugins = load_plugins(cfg, &metrics).map_err(|e| e.to_string())?;
+    let balancers = build_balancers(cfg, &metrics, plugins.as_deref())?;
+    if let (Some(reg), Some(dir)) = (&plugins, &cfg.proxy.plugins_dir) {
+        reg.watch(dir)?;
+        // The registry lives as long as the server: the watcher holds only a weak reference.
+        std::mem::forget(reg.clone());
+    }
 
     for b in &balancers {
         let s = b.config();
