@@ -33,6 +33,23 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a .wasm or .lua plugin, print its hooks and ABI version, and run each hook once
+    /// on a sample request.
+    Check {
+        file: PathBuf,
+        /// Settings handed to the plugin, as JSON (what `[service.plugin.<name>]` becomes).
+        #[arg(long, default_value = "{}")]
+        settings: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,6 +131,24 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Plugin {
+            command: PluginCommand::Check { file, settings },
+        } => {
+            let limits = plugboard::plugin::Limits {
+                deadline: plugboard::config::DEFAULT_PLUGIN_DEADLINE,
+                memory: plugboard::config::DEFAULT_PLUGIN_MEMORY,
+            };
+            match plugboard::plugin::exercise(&file, &settings, limits) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run { config, log_format } => {
             let cfg = match load(&config) {
                 Ok(c) => c,

@@ -117,14 +117,11 @@ fn load_chunk(lua: &Lua, ctx: &Ctx, src: &str, limits: Limits) -> mlua::Result<(
         .exec()
 }
 
-/// Compiles and runs a script once in a scratch sandbox; returns its hook set.
-pub fn inspect(src: &str, limits: Limits) -> Result<u32, String> {
-    let (lua, ctx) = sandbox(limits)?;
-    lua.globals()
-        .raw_set("config", lua.create_table().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    load_chunk(&lua, &ctx, src, limits).map_err(|e| lua_message(&e))?;
-    let g = lua.globals();
+/// Compiles and runs a script once in a scratch sandbox with `settings` as `config`; returns
+/// its hook set.
+pub fn inspect(src: &str, settings: &str, limits: Limits) -> Result<u32, String> {
+    let inst = Instance::new(src, settings, limits).map_err(|f| f.message)?;
+    let g = inst.lua.globals();
     let mut hooks = 0;
     for (bit, name) in [
         (HOOK_SELECT, "select_server"),
@@ -254,7 +251,7 @@ impl Instance {
     ) -> Result<R, Fault> {
         self.ctx
             .req
-            .set(req.map(|r| r as *const Request<'_> as *const Request<'static>));
+            .set(req.map(|r| (r as *const Request<'_>).cast::<Request<'static>>()));
         self.ctx.budget.set(budget);
         self.ctx.out_of_budget.set(false);
         self.ctx.net.set(net);

@@ -35,7 +35,7 @@ use prometheus::IntCounterVec;
 
 use crate::config::{Config, ConfigError, ConfigErrors, Hook, PluginErrorPolicy};
 use crate::hooks::{
-    HealthCheck, HealthReport, KeyOutcome, PersistenceKey, Pick, Request, SelectServer,
+    HealthCheck, HealthReport, Key, KeyOutcome, PersistenceKey, Pick, Request, SelectServer,
 };
 use crate::logging::RateLimit;
 use crate::pool::Pool;
@@ -148,8 +148,14 @@ impl Loaded {
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
-/// Compiles a plugin file and reads which hooks it implements.
-pub fn load_file(host: &wasm::Host, path: &Path, limits: Limits) -> Result<Loaded, String> {
+/// Compiles a plugin file and reads which hooks it implements. A Lua script's top level runs
+/// with `settings` as its `config`.
+pub fn load_file(
+    host: &wasm::Host,
+    path: &Path,
+    settings: &str,
+    limits: Limits,
+) -> Result<Loaded, String> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let (code, hooks, abi) = match ext {
         "wasm" => {
@@ -160,7 +166,7 @@ pub fn load_file(host: &wasm::Host, path: &Path, limits: Limits) -> Result<Loade
         }
         "lua" => {
             let src = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-            let hooks = lua::inspect(&src, limits)?;
+            let hooks = lua::inspect(&src, settings, limits)?;
             (Code::Lua(src.into()), hooks, 1)
         }
         _ => return Err("a plugin file must end in .wasm or .lua".into()),
@@ -553,7 +559,8 @@ impl Registry {
                     failed.insert(r.name.clone(), ());
                     continue;
                 };
-                match load_file(&host, &path, limits) {
+                let settings = settings_json(cfg, r.service, &r.name);
+                match load_file(&host, &path, &settings, limits) {
                     Ok(l) => {
                         slots.insert(
                             r.name.clone(),
@@ -654,7 +661,8 @@ impl Registry {
             tracing::warn!(plugin = %slot.name, path = %path.display(), "plugin file deleted; services keep its last good version");
             return;
         }
-        let result = load_file(&self.host, path, self.limits).and_then(|l| {
+        let first = slot.settings.first().map_or("{}", |s| s);
+        let result = load_file(&self.host, path, first, self.limits).and_then(|l| {
             if l.hooks & slot.required != slot.required {
                 return Err(format!(
                     "the configuration uses the {} hook(s), the new version implements only: {}",
@@ -678,6 +686,103 @@ impl Registry {
             }
         }
     }
+}
+
+/// `plugboard plugin check`: loads a plugin file, then runs each of its hooks once on a sample
+/// request (`GET /` from 127.0.0.1:40000 with `X-User: alice`) and a pool of three backends
+/// (127.0.0.1:9001-9003). Returns a human report, or the reason the plugin cannot load.
+pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, String> {
+    use std::fmt::Write;
+    let host = wasm::Host::new()?;
+    host.start_epoch_ticker();
+    let loaded = load_file(&host, path, settings, limits)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: {} plugin, ABI version {}",
+        path.display(),
+        loaded.kind(),
+        loaded.abi
+    );
+    let _ = writeln!(out, "hooks: {}", hook_names(loaded.hooks));
+    let mut inst = Instance::new(&host, &loaded, settings, limits)
+        .map_err(|f| format!("cannot start with settings {settings}: {}", f.message))?;
+    let backends: Vec<crate::config::BackendConfig> = (1..=3)
+        .map(|i| crate::config::BackendConfig {
+            address: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+            weight: 1,
+            enabled: true,
+        })
+        .collect();
+    let pool = Pool::new(&backends, None);
+    let mut header =
+        pingora::http::RequestHeader::build("GET", b"/", None).map_err(|e| e.to_string())?;
+    let _ = header.insert_header("host", "example.test");
+    let _ = header.insert_header("x-user", "alice");
+    let _ = header.insert_header("cookie", "session=s1");
+    let req = Request {
+        service: "sample",
+        mode: crate::config::Mode::Http,
+        client: Some(SocketAddr::from(([127, 0, 0, 1], 40000))),
+        http: Some(&header),
+        payload: &[],
+        key: None,
+    };
+    let show = |r: Result<String, Fault>| match r {
+        Ok(s) => s,
+        Err(f) => format!("FAILED ({}): {}", f.kind.as_str(), f.message),
+    };
+    if loaded.hooks & HOOK_SELECT != 0 {
+        let r = inst
+            .select(
+                &req,
+                &SelectArgs {
+                    pool: &pool,
+                    avoid: &[],
+                },
+            )
+            .map(|p| match p {
+                Some(i) if i < pool.len() => format!("backend {} ({})", i, pool.get(i).address),
+                Some(i) => format!("backend {i}, which does not exist"),
+                None => "no opinion".into(),
+            });
+        let _ = writeln!(out, "select-server: {}", show(r));
+    }
+    if loaded.hooks & HOOK_KEY != 0 {
+        let r = inst.key(&req, &pool).map(|k| match k {
+            KeyOutcome::Key(Key::Owned(b)) => format!("key {:?}", String::from_utf8_lossy(&b)),
+            KeyOutcome::Backend(i) => format!("names backend {i}"),
+            KeyOutcome::NeedMore => "needs more bytes".into(),
+            other => format!("{other:?}"),
+        });
+        let _ = writeln!(out, "persistence-key: {}", show(r));
+    }
+    if loaded.hooks & HOOK_RESPONSE != 0 {
+        let mut resp = ResponseHeader::build(200, None).map_err(|e| e.to_string())?;
+        let r = inst.on_response(None, 0, &pool, &mut resp).map(|_| {
+            let added: Vec<String> = resp
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            format!("added [{}]", added.join(", "))
+        });
+        let _ = writeln!(out, "response step: {}", show(r));
+    }
+    if loaded.hooks & HOOK_HEALTH != 0 {
+        let target = pool.get(0).address;
+        let r = inst
+            .health(&pool, 0, target, Duration::from_secs(1))
+            .map(|h| {
+                format!(
+                    "{} load {:?} (checked {target})",
+                    if h.up { "up" } else { "down" },
+                    h.load
+                )
+            });
+        let _ = writeln!(out, "health-check: {}", show(r));
+    }
+    Ok(out)
 }
 
 /// `<dir>/<name>.wasm`, else `<dir>/<name>.lua`.

@@ -9,9 +9,19 @@ use std::time::{Duration, Instant};
 const MAX_RESPONSE: usize = 64 * 1024;
 
 /// Connects, sends `send` (if any), then reads until the peer closes, a line-oriented answer
-/// is complete (a newline after some data), the buffer is full, or `timeout` passes.
-/// `None` when the connection cannot be made.
+/// is complete (a newline after some data, when nothing was sent), the buffer is full, or
+/// `timeout` passes. `None` when the connection cannot be made.
 pub fn tcp_exchange(addr: SocketAddr, send: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+    let line_done = |out: &[u8]| send.is_empty() && out.contains(&b'\n');
+    exchange(addr, send, timeout, line_done)
+}
+
+fn exchange(
+    addr: SocketAddr,
+    send: &[u8],
+    timeout: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> Option<Vec<u8>> {
     let deadline = Instant::now() + timeout;
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     if !send.is_empty() {
@@ -20,40 +30,50 @@ pub fn tcp_exchange(addr: SocketAddr, send: &[u8], timeout: Duration) -> Option<
     }
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    while out.len() < MAX_RESPONSE {
+    while out.len() < MAX_RESPONSE && !done(&out) {
         let Some(left) = remaining(deadline) else {
             break;
         };
         s.set_read_timeout(Some(left)).ok()?;
         match s.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.contains(&b'\n') && send.is_empty() {
-                    break;
-                }
-            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
     Some(out)
 }
 
-/// `GET path` over HTTP/1.1 with `Connection: close`; returns the status and body.
+/// Splits a raw HTTP/1.x response into status, headers text and body start.
+fn parse_head(raw: &[u8]) -> Option<(u16, &str, usize)> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, head, head_end + 4))
+}
+
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
+    })
+}
+
+/// `GET path` over HTTP/1.1; returns the status and body. Stops reading at the end of the
+/// response (by `Content-Length`), so a server that keeps the connection open costs nothing.
 pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(u16, Vec<u8>)> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: plugboard-health\r\nConnection: close\r\n\r\n"
     );
-    let raw = tcp_exchange(addr, req.as_bytes(), timeout)?;
-    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..head_end]).ok()?;
-    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-    let mut body = raw[head_end + 4..].to_vec();
-    if let Some(len) = head.lines().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    }) {
-        body.truncate(len);
+    let complete = |raw: &[u8]| match parse_head(raw) {
+        Some((_, head, start)) => content_length(head).is_some_and(|n| raw.len() >= start + n),
+        None => false,
+    };
+    let raw = exchange(addr, req.as_bytes(), timeout, complete)?;
+    let (status, head, start) = parse_head(&raw)?;
+    let mut body = raw[start..].to_vec();
+    if let Some(n) = content_length(head) {
+        body.truncate(n);
     }
     Some((status, body))
 }

@@ -142,7 +142,12 @@ impl Host {
             .expect("spawn epoch thread");
     }
 
+    /// Compiles a binary module (or WAT text, convenient for tests and tiny plugins).
     pub fn compile(&self, bytes: &[u8]) -> Result<Module, String> {
+        let text = bytes.trim_ascii_start();
+        if !(bytes.starts_with(b"\0asm") || text.starts_with(b"(") || text.starts_with(b";;")) {
+            return Err("not a WASM module: it does not start with the \\0asm header".into());
+        }
         Module::new(&self.engine, bytes).map_err(|e| format!("not a valid WASM module: {e:#}"))
     }
 
@@ -440,7 +445,7 @@ impl Instance {
 
 /// Erases a request's lifetime for the duration of one call (see [`CallScope`]).
 fn erase(req: &Request<'_>) -> *const Request<'static> {
-    req as *const Request<'_> as *const Request<'static>
+    (req as *const Request<'_>).cast::<Request<'static>>()
 }
 
 /// Guest memory and host state of the calling instance.

@@ -1,0 +1,523 @@
+//! `plugboard-sdk`: write Plugboard plugins in Rust and build them to WebAssembly.
+//!
+//! A plugin is a type that implements [`Plugin`] (built once per service from its
+//! `[service.plugin.<name>]` settings) and any of [`SelectServer`], [`PersistenceKey`] and
+//! [`HealthCheck`]; [`export_plugin!`] generates the exports of the ABI (`sdk/ABI.md`).
+//!
+//! ```
+//! use plugboard_sdk::{export_plugin, Backends, Config, Plugin, Request, SelectServer};
+//!
+//! /// Sends every request to the backend named in the settings while it is healthy.
+//! struct Pin { address: String }
+//!
+//! impl Plugin for Pin {
+//!     fn new(config: &Config) -> Result<Self, String> {
+//!         let address = config.str("address").ok_or("setting `address` is required")?;
+//!         Ok(Pin { address: address.to_string() })
+//!     }
+//! }
+//!
+//! impl SelectServer for Pin {
+//!     fn select(&mut self, _req: &Request, backends: &Backends) -> Option<usize> {
+//!         backends.find(&self.address).filter(|b| b.healthy()).map(|b| b.index)
+//!     }
+//! }
+//!
+//! export_plugin!(Pin => select_server);
+//! # fn main() {}
+//! ```
+//!
+//! Build with `cargo build --target wasm32-unknown-unknown --release` and copy the `.wasm`
+//! into the plugins directory. On other targets the host functions are served by
+//! [`testing`], so a plugin's logic can be unit-tested natively.
+
+pub use serde_json::Value;
+
+mod sys;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+/// The ABI version this SDK implements.
+pub const ABI_VERSION: i32 = 1;
+
+/// A plugin's settings: the `[service.plugin.<name>]` table of the service using it.
+pub struct Config(Value);
+
+impl Config {
+    /// Settings from JSON text (for tests; the host hands settings over as JSON).
+    pub fn from_json(text: &str) -> Config {
+        Config(serde_json::from_str(text).unwrap_or(Value::Null))
+    }
+    pub fn value(&self) -> &Value {
+        &self.0
+    }
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key)
+    }
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.0.get(key)?.as_str()
+    }
+    pub fn int(&self, key: &str) -> Option<i64> {
+        self.0.get(key)?.as_i64()
+    }
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        self.0.get(key)?.as_bool()
+    }
+}
+
+/// Reads a host value into a buffer, growing it once if the value is larger.
+fn read(mut f: impl FnMut(*mut u8, i32) -> i32) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = f(buf.as_mut_ptr(), buf.len() as i32);
+    if n < 0 {
+        return None;
+    }
+    if n as usize > buf.len() {
+        buf.resize(n as usize, 0);
+        let m = f(buf.as_mut_ptr(), buf.len() as i32);
+        if m < 0 {
+            return None;
+        }
+    }
+    buf.truncate(n as usize);
+    Some(buf)
+}
+
+fn read_string(f: impl FnMut(*mut u8, i32) -> i32) -> Option<String> {
+    read(f).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The request or connection being balanced. Fields are read from the host on demand.
+pub struct Request {
+    _private: (),
+}
+
+impl Request {
+    fn field(&self, f: i32) -> Option<Vec<u8>> {
+        read(|p, c| sys::request_get(f, p, c))
+    }
+    fn text(&self, f: i32) -> Option<String> {
+        self.field(f)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+    pub fn service(&self) -> String {
+        self.text(0).unwrap_or_default()
+    }
+    /// `"http"` or `"tcp"`.
+    pub fn mode(&self) -> String {
+        self.text(1).unwrap_or_default()
+    }
+    pub fn client_ip(&self) -> Option<String> {
+        self.text(2)
+    }
+    pub fn client_port(&self) -> Option<u16> {
+        self.text(3)?.parse().ok()
+    }
+    /// The persistence key of this request, when one was computed.
+    pub fn key(&self) -> Option<Vec<u8>> {
+        self.field(4)
+    }
+    pub fn method(&self) -> Option<String> {
+        self.text(5)
+    }
+    pub fn path(&self) -> Option<String> {
+        self.text(6)
+    }
+    pub fn host(&self) -> Option<String> {
+        self.text(7)
+    }
+    /// tcp mode: the client's first bytes seen so far.
+    pub fn payload(&self) -> Option<Vec<u8>> {
+        self.field(8)
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        read_string(|p, c| sys::request_header(name.as_ptr(), name.len() as i32, p, c))
+    }
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        read_string(|p, c| sys::request_cookie(name.as_ptr(), name.len() as i32, p, c))
+    }
+}
+
+/// The service's backends, in configuration order.
+pub struct Backends {
+    len: usize,
+}
+
+impl Backends {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn get(&self, index: usize) -> Option<Backend> {
+        (index < self.len).then_some(Backend { index })
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Backend> {
+        (0..self.len).map(|index| Backend { index })
+    }
+    /// The backend with this `IP:PORT` address.
+    pub fn find(&self, address: &str) -> Option<Backend> {
+        self.iter().find(|b| b.address() == address)
+    }
+}
+
+/// One backend; its live state is read from the host on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub index: usize,
+}
+
+impl Backend {
+    fn prop(&self, p: i32) -> i64 {
+        sys::backend_get(self.index as i32, p)
+    }
+    pub fn address(&self) -> String {
+        read_string(|p, c| sys::backend_address(self.index as i32, p, c)).unwrap_or_default()
+    }
+    /// Configured weight.
+    pub fn weight(&self) -> u32 {
+        self.prop(0).max(0) as u32
+    }
+    /// Requests or connections in flight.
+    pub fn active(&self) -> u32 {
+        self.prop(1).max(0) as u32
+    }
+    /// Last load 0-100 reported by the health check, if any.
+    pub fn load(&self) -> Option<u8> {
+        u8::try_from(self.prop(2)).ok()
+    }
+    /// Up, enabled, and not already failed for this request.
+    pub fn healthy(&self) -> bool {
+        self.prop(3) == 1 && self.prop(4) == 1
+    }
+    /// Weight in thousandths after slow start.
+    pub fn effective_weight(&self) -> u32 {
+        self.prop(5).max(0) as u32
+    }
+}
+
+/// What a persistence-key hook decided.
+pub enum Key {
+    /// No key: the scheduler decides and nothing is pinned.
+    None,
+    /// Pin the request's backend under this key.
+    Key(Vec<u8>),
+    /// tcp mode: the payload is incomplete, call again with more bytes.
+    NeedMore,
+    /// The request names this backend itself.
+    Backend(usize),
+}
+
+/// The response being sent to the client (response step of the persistence hook).
+pub struct Response {
+    _private: (),
+}
+
+impl Response {
+    /// Adds a header; false when the name or value is invalid.
+    pub fn add_header(&mut self, name: &str, value: &str) -> bool {
+        sys::response_add_header(
+            name.as_ptr(),
+            name.len() as i32,
+            value.as_ptr(),
+            value.len() as i32,
+        ) == 0
+    }
+}
+
+/// A health verdict.
+pub enum Health {
+    Up { load: Option<u8> },
+    Down,
+}
+
+/// Built once per service from its settings; `Err` refuses the settings (the configuration
+/// check and a reload report the message).
+pub trait Plugin: Sized + 'static {
+    fn new(config: &Config) -> Result<Self, String>;
+}
+
+/// Which backend gets this request. `None`: no opinion (the service's fallback scheduler
+/// decides).
+pub trait SelectServer {
+    fn select(&mut self, req: &Request, backends: &Backends) -> Option<usize>;
+}
+
+/// What makes a client sticky.
+pub trait PersistenceKey {
+    /// Set to true to have [`Self::on_response`] called for every response.
+    const RESPONSE_STEP: bool = false;
+    fn key(&mut self, req: &Request, backends: &Backends) -> Key;
+    /// `named`: the backend the request named ([`Key::Backend`]); `served`: the backend that
+    /// served it.
+    fn on_response(&mut self, _named: Option<usize>, _served: usize, _resp: &mut Response) {}
+}
+
+/// Is a backend up. `target` is the address to check (`IP:PORT`). May use [`net`].
+pub trait HealthCheck {
+    fn check(&mut self, backend: Backend, target: &str) -> Health;
+}
+
+/// Network I/O for health checks (the host refuses it elsewhere).
+pub mod net {
+    use super::{read, sys};
+
+    /// Connects to `address`, sends `send`, returns what the peer answers (until it closes,
+    /// a line arrives when nothing was sent, or the timeout).
+    pub fn tcp_exchange(address: &str, send: &[u8], timeout_ms: u32) -> Option<Vec<u8>> {
+        let n = sys::tcp_exchange(
+            address.as_ptr(),
+            address.len() as i32,
+            send.as_ptr(),
+            send.len() as i32,
+            timeout_ms as i32,
+        );
+        if n < 0 {
+            return None;
+        }
+        read(sys::last_response)
+    }
+
+    /// `GET path` on `address`; returns the status and the body.
+    pub fn http_get(address: &str, path: &str, timeout_ms: u32) -> Option<(u16, Vec<u8>)> {
+        let s = sys::http_get(
+            address.as_ptr(),
+            address.len() as i32,
+            path.as_ptr(),
+            path.len() as i32,
+            timeout_ms as i32,
+        );
+        if s < 0 {
+            return None;
+        }
+        Some((s as u16, read(sys::last_response).unwrap_or_default()))
+    }
+}
+
+/// Logging through the proxy's log.
+pub mod log {
+    use super::sys;
+    pub fn error(m: &str) {
+        sys::log(0, m.as_ptr(), m.len() as i32)
+    }
+    pub fn warn(m: &str) {
+        sys::log(1, m.as_ptr(), m.len() as i32)
+    }
+    pub fn info(m: &str) {
+        sys::log(2, m.as_ptr(), m.len() as i32)
+    }
+    pub fn debug(m: &str) {
+        sys::log(3, m.as_ptr(), m.len() as i32)
+    }
+}
+
+/// Glue used by [`export_plugin!`]; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+    use std::cell::UnsafeCell;
+
+    /// The plugin value. WASM plugins are single-threaded, so no synchronisation is needed.
+    pub struct Slot<T>(UnsafeCell<Option<T>>);
+    // SAFETY: a wasm32 instance runs one call at a time on one thread.
+    unsafe impl<T> Sync for Slot<T> {}
+
+    impl<T> Default for Slot<T> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl<T> Slot<T> {
+        pub const fn new() -> Self {
+            Slot(UnsafeCell::new(None))
+        }
+        #[allow(clippy::mut_from_ref)]
+        fn get(&self) -> Option<&mut T> {
+            // SAFETY: see the `Sync` impl; calls never nest.
+            unsafe { (*self.0.get()).as_mut() }
+        }
+        fn set(&self, v: T) {
+            // SAFETY: as above.
+            unsafe { *self.0.get() = Some(v) }
+        }
+    }
+
+    pub fn alloc(len: i32) -> i32 {
+        let b = vec![0u8; len.max(0) as usize].into_boxed_slice();
+        Box::into_raw(b) as *mut u8 as usize as i32
+    }
+
+    pub fn init<T: Plugin>(slot: &Slot<T>, ptr: i32, len: i32) -> i32 {
+        // SAFETY: `ptr` came from `alloc(len)` and is handed back exactly once.
+        let bytes = unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                ptr as usize as *mut u8,
+                len.max(0) as usize,
+            ))
+        };
+        let value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                log::error(&format!("settings are not valid JSON: {e}"));
+                return 1;
+            }
+        };
+        match T::new(&Config(value)) {
+            Ok(p) => {
+                slot.set(p);
+                0
+            }
+            Err(e) => {
+                log::error(&e);
+                2
+            }
+        }
+    }
+
+    pub fn select<T: SelectServer>(slot: &Slot<T>, n: i32) -> i32 {
+        let Some(p) = slot.get() else { return -2 };
+        match p.select(
+            &Request { _private: () },
+            &Backends {
+                len: n.max(0) as usize,
+            },
+        ) {
+            Some(i) => i as i32,
+            None => -1,
+        }
+    }
+
+    pub fn key<T: PersistenceKey>(slot: &Slot<T>) -> i32 {
+        let Some(p) = slot.get() else { return -2 };
+        let n = sys::backend_count();
+        match p.key(
+            &Request { _private: () },
+            &Backends {
+                len: n.max(0) as usize,
+            },
+        ) {
+            Key::None => 0,
+            Key::Key(k) => {
+                sys::set_key(k.as_ptr(), k.len() as i32);
+                1
+            }
+            Key::NeedMore => 2,
+            Key::Backend(i) => {
+                sys::set_backend(i as i32);
+                3
+            }
+        }
+    }
+
+    pub fn on_response<T: PersistenceKey>(slot: &Slot<T>, named: i32, served: i32) -> i32 {
+        let Some(p) = slot.get() else { return -2 };
+        let named = (named >= 0).then_some(named as usize);
+        p.on_response(
+            named,
+            served.max(0) as usize,
+            &mut Response { _private: () },
+        );
+        0
+    }
+
+    pub fn health<T: HealthCheck>(slot: &Slot<T>, backend: i32) -> i32 {
+        let Some(p) = slot.get() else { return -2 };
+        let target = read_string(sys::check_target).unwrap_or_default();
+        match p.check(
+            Backend {
+                index: backend.max(0) as usize,
+            },
+            &target,
+        ) {
+            Health::Up { load } => {
+                if let Some(l) = load {
+                    sys::set_load(l.min(100) as i32);
+                }
+                1
+            }
+            Health::Down => 0,
+        }
+    }
+
+    pub const fn response_bit<T: PersistenceKey>() -> i32 {
+        if T::RESPONSE_STEP {
+            8
+        } else {
+            0
+        }
+    }
+}
+
+/// Exports a plugin type and the hooks it implements:
+/// `export_plugin!(MyType => select_server, persistence_key, health_check);`
+#[macro_export]
+macro_rules! export_plugin {
+    ($ty:ty => $($hook:ident),+ $(,)?) => {
+        #[doc(hidden)]
+        pub mod __plugboard_exports {
+            use super::*;
+            static PLUGIN: $crate::__private::Slot<$ty> = $crate::__private::Slot::new();
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn plugboard_abi_version() -> i32 {
+                $crate::ABI_VERSION
+            }
+            #[unsafe(no_mangle)]
+            pub extern "C" fn plugboard_alloc(len: i32) -> i32 {
+                $crate::__private::alloc(len)
+            }
+            #[unsafe(no_mangle)]
+            pub extern "C" fn plugboard_init(ptr: i32, len: i32) -> i32 {
+                $crate::__private::init::<$ty>(&PLUGIN, ptr, len)
+            }
+            #[unsafe(no_mangle)]
+            pub extern "C" fn plugboard_hooks() -> i32 {
+                0 $(| $crate::__hook_bits!($ty, $hook))+
+            }
+            $( $crate::__export_hook!($ty, PLUGIN, $hook); )+
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __hook_bits {
+    ($ty:ty, select_server) => {
+        1
+    };
+    ($ty:ty, persistence_key) => {
+        2 | $crate::__private::response_bit::<$ty>()
+    };
+    ($ty:ty, health_check) => {
+        4
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_hook {
+    ($ty:ty, $slot:ident, select_server) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn plugboard_select_server(n: i32) -> i32 {
+            $crate::__private::select::<$ty>(&$slot, n)
+        }
+    };
+    ($ty:ty, $slot:ident, persistence_key) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn plugboard_persistence_key() -> i32 {
+            $crate::__private::key::<$ty>(&$slot)
+        }
+        #[unsafe(no_mangle)]
+        pub extern "C" fn plugboard_on_response(named: i32, served: i32) -> i32 {
+            $crate::__private::on_response::<$ty>(&$slot, named, served)
+        }
+    };
+    ($ty:ty, $slot:ident, health_check) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn plugboard_health_check(backend: i32) -> i32 {
+            $crate::__private::health::<$ty>(&$slot, backend)
+        }
+    };
+}

@@ -1,0 +1,226 @@
+//! A mock host for unit-testing plugins natively (`cargo test`), without a proxy or WASM.
+//!
+//! ```
+//! use plugboard_sdk::testing::{Mock, MockBackend};
+//! use plugboard_sdk::{Backends, Request};
+//!
+//! let mut mock = Mock::default();
+//! mock.headers.push(("x-user".into(), "alice".into()));
+//! mock.backends = vec![MockBackend::new("10.0.0.1:80"), MockBackend::new("10.0.0.2:80")];
+//! let user = mock.run(|req: &Request, backends: &Backends| {
+//!     assert_eq!(backends.len(), 2);
+//!     req.header("X-User")
+//! });
+//! assert_eq!(user.as_deref(), Some("alice"));
+//! ```
+
+use std::cell::RefCell;
+
+use crate::{Backends, Request};
+
+/// One backend as the mock host reports it.
+#[derive(Debug, Clone)]
+pub struct MockBackend {
+    pub address: String,
+    pub weight: u32,
+    pub active: u32,
+    pub load: Option<u8>,
+    pub healthy: bool,
+    pub enabled: bool,
+}
+
+impl MockBackend {
+    pub fn new(address: &str) -> Self {
+        MockBackend {
+            address: address.into(),
+            weight: 1,
+            active: 0,
+            load: None,
+            healthy: true,
+            enabled: true,
+        }
+    }
+}
+
+/// What the mock host serves, and what the plugin told it.
+#[derive(Debug, Clone, Default)]
+pub struct Mock {
+    pub service: String,
+    pub mode: String,
+    pub client_ip: Option<String>,
+    pub client_port: Option<u16>,
+    pub key: Option<Vec<u8>>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub payload: Option<Vec<u8>>,
+    /// Header names are matched case-insensitively.
+    pub headers: Vec<(String, String)>,
+    pub cookies: Vec<(String, String)>,
+    pub backends: Vec<MockBackend>,
+    pub check_target: Option<String>,
+    /// Set by the plugin.
+    pub key_out: Option<Vec<u8>>,
+    pub backend_out: Option<i32>,
+    pub load_out: Option<i32>,
+    pub response_headers: Vec<(String, String)>,
+    pub logs: Vec<(i32, String)>,
+}
+
+thread_local! {
+    static MOCK: RefCell<Mock> = RefCell::new(Mock::default());
+}
+
+impl Mock {
+    /// Runs `f` with this mock as the host, then copies back what the plugin set.
+    pub fn run<R>(&mut self, f: impl FnOnce(&Request, &Backends) -> R) -> R {
+        MOCK.with(|m| *m.borrow_mut() = self.clone());
+        let r = f(
+            &Request { _private: () },
+            &Backends {
+                len: self.backends.len(),
+            },
+        );
+        MOCK.with(|m| *self = m.borrow().clone());
+        r
+    }
+}
+
+/// The host functions, served from the thread's [`Mock`].
+pub(crate) mod host {
+    use super::MOCK;
+
+    fn out(buf: *mut u8, cap: i32, src: &[u8]) -> i32 {
+        let n = src.len().min(cap.max(0) as usize);
+        // SAFETY: the SDK passes a live buffer of `cap` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf, n) };
+        src.len() as i32
+    }
+
+    fn text<'a>(p: *const u8, len: i32) -> &'a str {
+        // SAFETY: the SDK passes a live `&str`.
+        unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(p, len.max(0) as usize)) }
+    }
+
+    pub fn request_get(field: i32, buf: *mut u8, cap: i32) -> i32 {
+        MOCK.with(|m| {
+            let m = m.borrow();
+            let v: Option<Vec<u8>> = match field {
+                0 => Some(m.service.clone().into_bytes()),
+                1 => Some(m.mode.clone().into_bytes()),
+                2 => m.client_ip.clone().map(String::into_bytes),
+                3 => m.client_port.map(|p| p.to_string().into_bytes()),
+                4 => m.key.clone(),
+                5 => m.method.clone().map(String::into_bytes),
+                6 => m.path.clone().map(String::into_bytes),
+                7 => m.host.clone().map(String::into_bytes),
+                8 => m.payload.clone(),
+                _ => None,
+            };
+            v.map_or(-1, |v| out(buf, cap, &v))
+        })
+    }
+
+    pub fn request_header(n: *const u8, nl: i32, buf: *mut u8, cap: i32) -> i32 {
+        let name = text(n, nl);
+        MOCK.with(|m| {
+            let m = m.borrow();
+            m.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map_or(-1, |(_, v)| out(buf, cap, v.as_bytes()))
+        })
+    }
+
+    pub fn request_cookie(n: *const u8, nl: i32, buf: *mut u8, cap: i32) -> i32 {
+        let name = text(n, nl);
+        MOCK.with(|m| {
+            let m = m.borrow();
+            m.cookies
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or(-1, |(_, v)| out(buf, cap, v.as_bytes()))
+        })
+    }
+
+    pub fn backend_count() -> i32 {
+        MOCK.with(|m| m.borrow().backends.len() as i32)
+    }
+
+    pub fn backend_get(i: i32, prop: i32) -> i64 {
+        MOCK.with(|m| {
+            let m = m.borrow();
+            let Some(b) = m.backends.get(i.max(0) as usize) else {
+                return -1;
+            };
+            match prop {
+                0 => b.weight as i64,
+                1 => b.active as i64,
+                2 => b.load.map_or(-1, |l| l as i64),
+                3 => b.healthy as i64,
+                4 => b.enabled as i64,
+                5 => b.weight as i64 * 1000,
+                _ => -1,
+            }
+        })
+    }
+
+    pub fn backend_address(i: i32, buf: *mut u8, cap: i32) -> i32 {
+        MOCK.with(|m| {
+            let m = m.borrow();
+            m.backends
+                .get(i.max(0) as usize)
+                .map_or(-1, |b| out(buf, cap, b.address.as_bytes()))
+        })
+    }
+
+    pub fn set_key(p: *const u8, len: i32) -> i32 {
+        // SAFETY: the SDK passes a live slice.
+        let k = unsafe { std::slice::from_raw_parts(p, len.max(0) as usize) }.to_vec();
+        MOCK.with(|m| m.borrow_mut().key_out = Some(k));
+        0
+    }
+
+    pub fn set_backend(i: i32) -> i32 {
+        MOCK.with(|m| m.borrow_mut().backend_out = Some(i));
+        0
+    }
+
+    pub fn set_load(l: i32) -> i32 {
+        MOCK.with(|m| m.borrow_mut().load_out = Some(l));
+        0
+    }
+
+    pub fn response_add_header(n: *const u8, nl: i32, v: *const u8, vl: i32) -> i32 {
+        let (n, v) = (text(n, nl).to_string(), text(v, vl).to_string());
+        MOCK.with(|m| m.borrow_mut().response_headers.push((n, v)));
+        0
+    }
+
+    pub fn log(level: i32, p: *const u8, len: i32) {
+        let s = text(p, len).to_string();
+        MOCK.with(|m| m.borrow_mut().logs.push((level, s)));
+    }
+
+    pub fn check_target(buf: *mut u8, cap: i32) -> i32 {
+        MOCK.with(|m| {
+            let m = m.borrow();
+            m.check_target
+                .as_ref()
+                .map_or(-1, |t| out(buf, cap, t.as_bytes()))
+        })
+    }
+
+    /// The mock host has no network: health checks that need it see a failure.
+    pub fn tcp_exchange(_: *const u8, _: i32, _: *const u8, _: i32, _: i32) -> i32 {
+        -1
+    }
+
+    pub fn http_get(_: *const u8, _: i32, _: *const u8, _: i32, _: i32) -> i32 {
+        -1
+    }
+
+    pub fn last_response(_: *mut u8, _: i32) -> i32 {
+        -1
+    }
+}

@@ -1,0 +1,575 @@
+//! WASM and Lua plugins through the real binary: each hook, faults and their policy, hot
+//! reload under load, and refusal of broken plugins.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// An SDK-built plugin from `target/plugins/` (made by `scripts/build-plugins`). `None` only
+/// when the test script could not build them, after saying so loudly.
+fn sdk_plugin(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/plugins/{name}.wasm"));
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var_os("PLUGBOARD_SKIP_SDK_PLUGINS").is_some() {
+        eprintln!(
+            "!!! SKIPPED: {} is missing (wasm32 target unavailable); this test did not run",
+            p.display()
+        );
+        return None;
+    }
+    panic!(
+        "{} is missing: run ./scripts/build-plugins (./scripts/test does it)",
+        p.display()
+    );
+}
+
+/// A minimal ABI-v1 module implementing select-server with `body` (WAT, leaves an i32).
+fn wat_scheduler(body: &str) -> String {
+    format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "plugboard_abi_version") (result i32) (i32.const 1))
+  (func (export "plugboard_hooks") (result i32) (i32.const 1))
+  (func (export "plugboard_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "plugboard_init") (param i32 i32) (result i32) (i32.const 0))
+  (func (export "plugboard_select_server") (param $n i32) (result i32) {body}))"#
+    )
+}
+
+/// Config with one http service per `(name, extra)` on its own port, all over `backends`.
+fn services(
+    plugins_dir: &Path,
+    metrics: Option<SocketAddr>,
+    list: &[(SocketAddr, &str)],
+    backends: &[(SocketAddr, u32)],
+) -> String {
+    let mut s = format!(
+        "[proxy]\nthreads = 2\nplugins_dir = \"{}\"\n",
+        plugins_dir.display()
+    );
+    if let Some(m) = metrics {
+        s.push_str(&format!("metrics = \"{m}\"\n"));
+    }
+    for (i, (listen, extra)) in list.iter().enumerate() {
+        s.push_str(&format!(
+            "\n[[service]]\nname = \"s{i}\"\nlisten = \"{listen}\"\n{extra}\n{}",
+            backends_toml(backends)
+        ));
+    }
+    s
+}
+
+async fn two() -> (HttpBackend, HttpBackend, Vec<(SocketAddr, u32)>) {
+    let a = HttpBackend::start().await;
+    let b = HttpBackend::start().await;
+    let list = vec![(a.addr, 1), (b.addr, 1)];
+    (a, b, list)
+}
+
+async fn bodies(to: SocketAddr, n: usize, headers: &[(&str, &str)]) -> Vec<Response> {
+    let mut c = Client::connect(to).await.unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.get("/", headers).await.unwrap());
+    }
+    out
+}
+
+async fn scrape(metrics: SocketAddr) -> String {
+    get_once(metrics, "/metrics").await.unwrap().body
+}
+
+/// The value of a counter line starting with `prefix` (labels included), or 0.
+fn counter(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_and_lua_schedulers_pin_all_traffic() {
+    let Some(wasm) = sdk_plugin("pin-backend") else {
+        return;
+    };
+    let (a, b, list) = two().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&wasm, dir.path().join("pin-wasm.wasm")).unwrap();
+    std::fs::copy(
+        "../examples/plugins/lua/pin-backend.lua",
+        dir.path().join("pin-lua.lua"),
+    )
+    .unwrap();
+    let (l1, l2) = (free_addr(), free_addr());
+    let cfg = services(
+        dir.path(),
+        None,
+        &[
+            (
+                l1,
+                &format!(
+                    "scheduler = \"plugin:pin-wasm\"\n[service.plugin.pin-wasm]\naddress = \"{}\"",
+                    b.addr
+                ),
+            ),
+            (
+                l2,
+                &format!(
+                    "scheduler = \"plugin:pin-lua\"\n[service.plugin.pin-lua]\naddress = \"{}\"",
+                    a.addr
+                ),
+            ),
+        ],
+        &list,
+    );
+    let _p = Proxy::start(&cfg, l1).await;
+    for r in bodies(l1, 50, &[]).await {
+        assert_eq!(r.body, b.addr.to_string());
+    }
+    for r in bodies(l2, 50, &[]).await {
+        assert_eq!(r.body, a.addr.to_string());
+    }
+    assert_eq!((a.hits(), b.hits()), (50, 50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_key_plugins_keep_users_sticky() {
+    let Some(wasm) = sdk_plugin("header-key") else {
+        return;
+    };
+    let mut bs = Vec::new();
+    for _ in 0..3 {
+        bs.push(HttpBackend::start().await);
+    }
+    let list: Vec<_> = bs.iter().map(|b| (b.addr, 1)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&wasm, dir.path().join("hk-wasm.wasm")).unwrap();
+    std::fs::copy(
+        "../examples/plugins/lua/header-key.lua",
+        dir.path().join("hk-lua.lua"),
+    )
+    .unwrap();
+    let (l1, l2) = (free_addr(), free_addr());
+    let settings = "header = \"X-User\"\necho = true";
+    let cfg = services(
+        dir.path(),
+        None,
+        &[
+            (l1, &format!("persistence = {{ key = \"plugin:hk-wasm\" }}\n[service.plugin.hk-wasm]\n{settings}")),
+            (l2, &format!("persistence = {{ key = \"plugin:hk-lua\" }}\n[service.plugin.hk-lua]\n{settings}")),
+        ],
+        &list,
+    );
+    let _p = Proxy::start(&cfg, l1).await;
+    for listen in [l1, l2] {
+        let mut homes = std::collections::HashSet::new();
+        for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+            let rs = bodies(listen, 6, &[("X-User", user)]).await;
+            let first = &rs[0];
+            let pos = bs
+                .iter()
+                .position(|b| b.addr.to_string() == first.body)
+                .unwrap();
+            for r in &rs {
+                assert_eq!(r.body, first.body, "{user} moved");
+                assert_eq!(
+                    r.header("x-plugboard-backend"),
+                    Some(pos.to_string().as_str()),
+                    "response step"
+                );
+            }
+            // The key is case-insensitive in this plugin.
+            let upper = bodies(listen, 1, &[("X-User", &user.to_uppercase())]).await;
+            assert_eq!(upper[0].body, first.body);
+            homes.insert(first.body.clone());
+        }
+        assert!(homes.len() >= 2, "users spread: {homes:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_plugins_mark_backends_down_and_up() {
+    let Some(wasm) = sdk_plugin("http-health") else {
+        return;
+    };
+    let (a, b, list) = two().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&wasm, dir.path().join("hh-wasm.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("hh-lua.lua"),
+        "function health_check(b)\n  local status = net.http_get(b.target, config.path, 500)\n  return status == 200, 10\nend\n",
+    )
+    .unwrap();
+    let (l1, l2) = (free_addr(), free_addr());
+    let check = "interval = \"200ms\", timeout = \"1s\", rise = 2, fall = 2";
+    let cfg = services(
+        dir.path(),
+        None,
+        &[
+            (l1, &format!("health_check = {{ kind = \"plugin:hh-wasm\", {check} }}\n[service.plugin.hh-wasm]\npath = \"/health\"")),
+            (l2, &format!("health_check = {{ kind = \"plugin:hh-lua\", {check} }}\n[service.plugin.hh-lua]\npath = \"/health\"")),
+        ],
+        &list,
+    );
+    let p = Proxy::start(&cfg, l1).await;
+    b.set_health(503);
+    for listen in [l1, l2] {
+        let ok = eventually(Duration::from_secs(5), async || {
+            bodies(listen, 10, &[])
+                .await
+                .iter()
+                .all(|r| r.body == a.addr.to_string())
+        })
+        .await;
+        assert!(ok, "{listen}: backend not taken out\n{}", p.log_text());
+    }
+    b.set_health(200);
+    for listen in [l1, l2] {
+        let ok = eventually(Duration::from_secs(5), async || {
+            bodies(listen, 10, &[])
+                .await
+                .iter()
+                .any(|r| r.body == b.addr.to_string())
+        })
+        .await;
+        assert!(ok, "{listen}: backend not brought back");
+    }
+}
+
+/// Every fault kind, WASM and Lua: requests keep succeeding (fallback policy), faults are
+/// counted by kind, and the `reject` policy refuses instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_plugins_fall_back_and_are_counted() {
+    let (_a, _b, list) = two().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        ("w-trap.wasm", &wat_scheduler("unreachable"), "trap"),
+        ("w-loop.wasm", &wat_scheduler("(loop $l (br $l)) (i32.const 0)"), "timeout"),
+        (
+            "w-mem.wasm",
+            &wat_scheduler("(loop $l (br_if $l (i32.ne (memory.grow (i32.const 64)) (i32.const -1)))) unreachable"),
+            "memory",
+        ),
+        ("w-bad.wasm", &wat_scheduler("(i32.const 99)"), "invalid"),
+        ("l-trap.lua", "function select_server(req, b) error('boom') end", "trap"),
+        ("l-loop.lua", "function select_server(req, b) while true do end end", "timeout"),
+        (
+            "l-mem.lua",
+            "function select_server(req, b)\n  local t = {}\n  for i = 1, 1e9 do t[i] = string.rep('x', 1048576) .. i end\nend",
+            "memory",
+        ),
+        ("l-bad.lua", "function select_server(req, b) return 99 end", "invalid"),
+    ];
+    let mut svc = Vec::new();
+    for (file, text, _) in cases {
+        std::fs::write(dir.path().join(file), text).unwrap();
+        let name = file.split('.').next().unwrap();
+        svc.push((free_addr(), format!("scheduler = \"plugin:{name}\"")));
+    }
+    let reject = free_addr();
+    svc.push((
+        reject,
+        "scheduler = \"plugin:w-trap\"\non_plugin_error = \"reject\"".into(),
+    ));
+    let metrics = free_addr();
+    let list_ref: Vec<(SocketAddr, &str)> = svc.iter().map(|(a, e)| (*a, e.as_str())).collect();
+    let cfg = services(dir.path(), Some(metrics), &list_ref, &list);
+    let p = Proxy::start(&cfg, svc[0].0).await;
+    for ((listen, _), (file, _, _)) in svc.iter().zip(cases.iter()) {
+        for r in bodies(*listen, 10, &[]).await {
+            assert_eq!(r.status, 200, "{file}: {r:?}");
+        }
+    }
+    for r in bodies(reject, 3, &[]).await {
+        assert_eq!(r.status, 503, "reject policy");
+    }
+    let text = scrape(metrics).await;
+    for (i, (file, _, kind)) in cases.iter().enumerate() {
+        let name = file.split('.').next().unwrap();
+        let n = counter(&text, &format!("plugboard_plugin_faults_total{{kind=\"{kind}\",plugin=\"{name}\",service=\"s{i}\"}}"));
+        assert!(
+            n >= 10.0,
+            "{file}: {n} {kind} faults counted\n{text}\n{}",
+            p.log_text()
+        );
+    }
+    assert!(p.log_text().contains("plugin failed"), "faults are logged");
+}
+
+/// Replacing a plugin file under continuous load switches behaviour without a failed request;
+/// broken and deleted replacements leave the last good version running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load() {
+    let (a, b, list) = two().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lua = |addr: SocketAddr| {
+        format!("function select_server(req, backends)\n  for i, b in ipairs(backends) do if b.address == \"{addr}\" then return i end end\nend\n")
+    };
+    let pick = |i: i32| wat_scheduler(&format!("(i32.const {i})"));
+    std::fs::write(dir.path().join("pin.lua"), lua(a.addr)).unwrap();
+    std::fs::write(dir.path().join("wpin.wasm"), pick(0)).unwrap();
+    let (l1, l2) = (free_addr(), free_addr());
+    let cfg = services(
+        dir.path(),
+        None,
+        &[
+            (l1, "scheduler = \"plugin:pin\""),
+            (l2, "scheduler = \"plugin:wpin\""),
+        ],
+        &list,
+    );
+    let p = Proxy::start(&cfg, l1).await;
+
+    // Continuous load on both services: kept-alive and fresh connections, bounded in time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut load = Vec::new();
+    for (k, listen) in [l1, l2, l1, l2].into_iter().enumerate() {
+        let (stop, failures, seen) = (stop.clone(), failures.clone(), seen.clone());
+        load.push(tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut c = Client::connect(listen).await.unwrap();
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                n += 1;
+                let r = if k >= 2 && n.is_multiple_of(3) {
+                    get_once(listen, "/").await
+                } else {
+                    c.get("/", &[]).await
+                };
+                match r {
+                    Ok(r) if r.status == 200 => seen.lock().unwrap().push((k % 2, r.body)),
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                        c = Client::connect(listen).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    let latest = |svc: usize| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == svc)
+            .map(|(_, b)| b.clone())
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(latest(0), Some(a.addr.to_string()));
+    assert_eq!(latest(1), Some(a.addr.to_string()));
+
+    // Atomic replacement (write + rename) of the Lua file, in-place rewrite of the WASM file.
+    let tmp = dir.path().join("pin.lua.tmp");
+    std::fs::write(&tmp, lua(b.addr)).unwrap();
+    std::fs::rename(&tmp, dir.path().join("pin.lua")).unwrap();
+    std::fs::write(dir.path().join("wpin.wasm"), pick(1)).unwrap();
+    for svc in [0, 1] {
+        let ok = eventually(Duration::from_secs(5), async || {
+            latest(svc) == Some(b.addr.to_string())
+        })
+        .await;
+        assert!(ok, "service {svc} did not switch\n{}", p.log_text());
+    }
+
+    // Broken replacements are refused; deleting a file keeps the last good version.
+    std::fs::write(dir.path().join("pin.lua"), "function select_server(\n").unwrap();
+    std::fs::write(dir.path().join("wpin.wasm"), b"\0asm garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    std::fs::remove_file(dir.path().join("pin.lua")).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mark = seen.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert!(seen.len() > mark, "load kept flowing");
+    assert!(
+        seen[mark..].iter().all(|(_, b_)| *b_ == b.addr.to_string()),
+        "last good versions keep serving"
+    );
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "no request failed during reloads\n{}",
+        p.log_text()
+    );
+    let log = p.log_text();
+    assert!(log.contains("plugin reloaded"), "{log}");
+    assert!(
+        log.contains("syntax error"),
+        "a broken Lua file is reported: {log}"
+    );
+    assert!(
+        log.contains("not a valid WASM module"),
+        "a broken WASM file is reported: {log}"
+    );
+    assert!(log.contains("plugin file deleted"), "{log}");
+}
+
+#[test]
+fn broken_or_unsuitable_plugins_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("syn.lua"),
+        "function select_server(\n  return 1\nend\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("junk.wasm"), b"\x7fELF not wasm").unwrap();
+    std::fs::write(
+        dir.path().join("sched.lua"),
+        "function select_server(req, b) return 1 end\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("picky.lua"),
+        "assert(config.port, 'setting port is required')\nfunction select_server() end\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        r#"[proxy]
+plugins_dir = "{}"
+
+[[service]]
+name = "a"
+listen = "127.0.0.1:1"
+scheduler = "plugin:syn"
+[[service.backend]]
+address = "127.0.0.1:2"
+
+[[service]]
+name = "b"
+listen = "127.0.0.1:3"
+scheduler = "plugin:junk"
+persistence = {{ key = "plugin:sched" }}
+health_check = {{ kind = "plugin:nothere" }}
+[[service.backend]]
+address = "127.0.0.1:2"
+
+[[service]]
+name = "c"
+listen = "127.0.0.1:4"
+scheduler = "plugin:picky"
+[[service.backend]]
+address = "127.0.0.1:2"
+"#,
+        dir.path().display()
+    );
+    let (_d, path) = write_config(&cfg);
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "F");
+    let lines: Vec<&str> = err.lines().collect();
+    let expect = [
+        "F:7:13: plugin:syn: ",
+        "F:14:13: plugin:junk: ",
+        "F:15:23: plugin:sched: ",
+        "F:16:25: plugin:nothere: not found: no nothere.wasm or nothere.lua in",
+        "F:23:13: plugin:picky: ",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{err}");
+    for (l, e) in lines.iter().zip(expect) {
+        assert!(l.starts_with(e), "{l:?} should start with {e:?}");
+    }
+    assert!(lines[0].contains("syntax error: plugin:2:"), "{}", lines[0]);
+    assert!(lines[1].contains("not a WASM module"), "{}", lines[1]);
+    assert!(
+        lines[2]
+            .contains("does not implement the persistence-key hook (it implements: select-server)"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[4].contains("setting port is required"),
+        "{}",
+        lines[4]
+    );
+}
+
+#[test]
+fn plugin_check_runs_each_hook_once() {
+    let lua = std::process::Command::new(BIN)
+        .args([
+            "plugin",
+            "check",
+            "../examples/plugins/lua/header-key.lua",
+            "--settings",
+            r#"{"header":"X-User","echo":true}"#,
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&lua.stdout);
+    assert!(
+        lua.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lua.stderr)
+    );
+    assert!(out.contains("lua plugin, ABI version 1"), "{out}");
+    assert!(
+        out.contains("hooks: persistence-key, response step"),
+        "{out}"
+    );
+    assert!(out.contains("persistence-key: key \"alice\""), "{out}");
+    assert!(
+        out.contains("response step: added [x-plugboard-backend: 0]"),
+        "{out}"
+    );
+    let Some(wasm) = sdk_plugin("pin-backend") else {
+        return;
+    };
+    let w = std::process::Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&wasm)
+        .args(["--settings", r#"{"address":"127.0.0.1:9003"}"#])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&w.stdout);
+    assert!(
+        out.contains("wasm plugin, ABI version 1")
+            && out.contains("select-server: backend 2 (127.0.0.1:9003)"),
+        "{out}"
+    );
+    let bad = std::process::Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "settings refused");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot start with settings"));
+}
+
+#[test]
+fn example_plugin_configs_pass_check() {
+    for cfg in [
+        "../examples/plugins/lua-pin.toml",
+        "../examples/plugins/wasm-pin.toml",
+    ] {
+        if cfg.contains("wasm") && sdk_plugin("pin-backend").is_none() {
+            continue;
+        }
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config", cfg])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cfg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
