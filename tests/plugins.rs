@@ -573,3 +573,70 @@ fn example_plugin_configs_pass_check() {
         );
     }
 }
+
+/// tcp mode: a persistence-key plugin reading the client's first bytes. The proxy waits for a
+/// whole first message (even split over several writes), forwards the bytes unchanged, and
+/// balances without a key when the client says nothing within `inspect_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_payload_key_sees_the_whole_first_message() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut bs = Vec::new();
+    for _ in 0..3 {
+        bs.push(TcpBackend::start().await);
+    }
+    let list: Vec<_> = bs.iter().map(|b| (b.addr, 1)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("user.lua"),
+        r#"-- key = the word after "USER " on the first line; false = wait for more bytes
+function persistence_key(req)
+  local line = string.match(req.payload or "", "^([^\n]*)\n")
+  if line == nil then
+    if #(req.payload or "") < 200 then return false end
+    return nil
+  end
+  return string.match(line, "^USER (%w+)")
+end
+"#,
+    )
+    .unwrap();
+    let listen = free_addr();
+    let extra = "mode = \"tcp\"\npersistence = { key = \"plugin:user\" }\ninspect_timeout = \"300ms\"";
+    let cfg = services(dir.path(), None, &[(listen, extra)], &list);
+    let _p = Proxy::start(&cfg, listen).await;
+    // Sends `parts` with pauses, then reads the banner and the echo of everything sent.
+    let session = |parts: Vec<&'static [u8]>| async move {
+        let s = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let mut r = BufReader::new(s);
+        let mut sent = Vec::new();
+        for p in &parts {
+            r.get_mut().write_all(p).await.unwrap();
+            sent.extend_from_slice(p);
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        let mut banner = String::new();
+        r.read_line(&mut banner).await.unwrap();
+        let mut echo = vec![0u8; sent.len()];
+        r.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, sent, "bytes forwarded unchanged");
+        banner.trim().to_string()
+    };
+    let mut homes = std::collections::HashSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin"] {
+        let first: &'static [u8] = Box::leak(format!("USER {user}\nhello\n").into_bytes().into_boxed_slice());
+        let home = session(vec![first]).await;
+        // The same first message split over three writes lands on the same backend.
+        let (a, rest) = first.split_at(3);
+        let (b, c) = rest.split_at(4);
+        for _ in 0..3 {
+            assert_eq!(session(vec![a, b, c]).await, home, "{user} moved");
+        }
+        homes.insert(home);
+    }
+    assert!(homes.len() >= 2, "users spread: {homes:?}");
+    // A client that says nothing is balanced without a key after inspect_timeout.
+    let t = std::time::Instant::now();
+    let (banner, _) = tcp_banner(listen, None).await.unwrap();
+    assert!(bs.iter().any(|b| b.addr.to_string() == banner));
+    assert!(t.elapsed() >= Duration::from_millis(250), "waited for the first bytes");
+}
