@@ -601,7 +601,8 @@ end
     )
     .unwrap();
     let listen = free_addr();
-    let extra = "mode = \"tcp\"\npersistence = { key = \"plugin:user\" }\ninspect_timeout = \"300ms\"";
+    let extra =
+        "mode = \"tcp\"\npersistence = { key = \"plugin:user\" }\ninspect_timeout = \"300ms\"";
     let cfg = services(dir.path(), None, &[(listen, extra)], &list);
     let _p = Proxy::start(&cfg, listen).await;
     // Sends `parts` with pauses, then reads the banner and the echo of everything sent.
@@ -623,7 +624,11 @@ end
     };
     let mut homes = std::collections::HashSet::new();
     for user in ["alice", "bob", "carol", "dave", "erin"] {
-        let first: &'static [u8] = Box::leak(format!("USER {user}\nhello\n").into_bytes().into_boxed_slice());
+        let first: &'static [u8] = Box::leak(
+            format!("USER {user}\nhello\n")
+                .into_bytes()
+                .into_boxed_slice(),
+        );
         let home = session(vec![first]).await;
         // The same first message split over three writes lands on the same backend.
         let (a, rest) = first.split_at(3);
@@ -638,5 +643,8 @@ end
     let t = std::time::Instant::now();
     let (banner, _) = tcp_banner(listen, None).await.unwrap();
     assert!(bs.iter().any(|b| b.addr.to_string() == banner));
-    assert!(t.elapsed() >= Duration::from_millis(250), "waited for the first bytes");
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "waited for the first bytes"
+    );
 }

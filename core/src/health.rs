@@ -108,6 +108,9 @@ fn parse_status_line(b: &[u8]) -> Option<u16> {
 /// Runs every active check and slow-start ramp of all services, off the request path.
 pub struct HealthService {
     pub balancers: Vec<Arc<Balancer>>,
+    /// Owns the plugin registry for the server's lifetime (its file watcher holds only a weak
+    /// reference, so that dropping the server stops reloads).
+    pub plugins: Option<Arc<crate::plugin::Registry>>,
 }
 
 #[async_trait]

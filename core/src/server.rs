@@ -56,8 +56,6 @@ pub fn build(cfg: &Config) -> Result<Server, String> {
     let balancers = build_balancers(cfg, &metrics, plugins.as_deref())?;
     if let (Some(reg), Some(dir)) = (&plugins, &cfg.proxy.plugins_dir) {
         reg.watch(dir)?;
-        // The registry lives as long as the server: the watcher holds only a weak reference.
-        std::mem::forget(reg.clone());
     }
 
     for b in &balancers {
@@ -88,6 +86,7 @@ pub fn build(cfg: &Config) -> Result<Server, String> {
         "health checks",
         HealthService {
             balancers: balancers.clone(),
+            plugins,
         },
     ));
     if let Some(addr) = cfg.proxy.metrics {

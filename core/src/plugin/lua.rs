@@ -35,6 +35,8 @@ const HOOK_EVERY: u32 = 1_000;
 #[derive(Default)]
 struct Ctx {
     req: Cell<Option<*const Request<'static>>>,
+    pool: Cell<Option<*const Pool>>,
+    avoid: Cell<Option<*const [usize]>>,
     /// Health-check calls: network functions allowed.
     net: Cell<bool>,
     /// Instructions left in the current call, in units of `HOOK_EVERY`.
@@ -43,12 +45,30 @@ struct Ctx {
 }
 
 impl Ctx {
+    // SAFETY (all three): set from references that outlive the call and cleared when it
+    // returns (see `Instance::scoped`).
     fn req(&self) -> Option<&Request<'static>> {
-        // SAFETY: set from a reference that outlives the call, cleared when it returns
-        // (see `Instance::scoped`).
         self.req.get().map(|p| unsafe { &*p })
     }
+    fn pool(&self) -> Option<&Pool> {
+        self.pool.get().map(|p| unsafe { &*p })
+    }
+    fn avoid(&self) -> &[usize] {
+        self.avoid.get().map(|p| unsafe { &*p }).unwrap_or(&[])
+    }
 }
+
+/// Request fields served lazily by `req`'s `__index`.
+const REQUEST_FIELDS: [(&str, i32); 8] = [
+    ("service", super::wasm::field::SERVICE),
+    ("mode", super::wasm::field::MODE),
+    ("client_ip", super::wasm::field::CLIENT_IP),
+    ("key", super::wasm::field::KEY),
+    ("method", super::wasm::field::METHOD),
+    ("path", super::wasm::field::PATH),
+    ("host", super::wasm::field::HOST),
+    ("payload", super::wasm::field::PAYLOAD),
+];
 
 fn sandbox(limits: Limits) -> Result<(Lua, Rc<Ctx>), String> {
     let lua = Lua::new_with(
@@ -178,10 +198,13 @@ pub struct Instance {
     key: Option<Function>,
     response: Option<Function>,
     health: Option<Function>,
-    /// Reused for every call: fields are overwritten, functions `header`/`cookie` stay.
+    /// The `req` argument: methods `header`/`cookie`; other fields come from `__index`,
+    /// read from the current call on demand.
     req: Table,
-    /// Reused per pool: one table per backend.
+    /// The `backends` argument, built on the first call: static fields (`address`, `index`,
+    /// `weight`) are stored, live ones (`active`, `load`, `healthy`) come from `__index`.
     backends: Option<Table>,
+    backend_meta: Table,
     budget: u64,
 }
 
@@ -227,6 +250,57 @@ impl Instance {
             .map_err(|e| init(e.to_string()))?;
         req.raw_set("cookie", cookie)
             .map_err(|e| init(e.to_string()))?;
+        let c = ctx.clone();
+        let req_index = lua
+            .create_function(move |lua, (_, k): (Value, mlua::LuaString)| {
+                let Some(req) = c.req() else {
+                    return Ok(Value::Nil);
+                };
+                let k = k.as_bytes();
+                if &*k == b"client_port" {
+                    return Ok(req
+                        .client
+                        .map_or(Value::Nil, |a| Value::Integer(a.port() as i64)));
+                }
+                let Some(&(_, f)) = REQUEST_FIELDS.iter().find(|(n, _)| n.as_bytes() == &*k) else {
+                    return Ok(Value::Nil);
+                };
+                SCRATCH.with(|b| {
+                    let mut b = b.borrow_mut();
+                    if super::wasm::request_field(req, f, &mut b) {
+                        lua.create_string(&*b).map(Value::String)
+                    } else {
+                        Ok(Value::Nil)
+                    }
+                })
+            })
+            .map_err(|e| init(e.to_string()))?;
+        let meta = lua.create_table().map_err(|e| init(e.to_string()))?;
+        meta.raw_set("__index", req_index)
+            .map_err(|e| init(e.to_string()))?;
+        req.set_metatable(Some(meta))
+            .map_err(|e| init(e.to_string()))?;
+        let c = ctx.clone();
+        let backend_index = lua
+            .create_function(move |_, (t, k): (Table, mlua::LuaString)| {
+                let (Some(pool), Ok(i)) = (c.pool(), t.raw_get::<usize>("index")) else {
+                    return Ok(Value::Nil);
+                };
+                let Some(b) = pool.backends().get(i.wrapping_sub(1)) else {
+                    return Ok(Value::Nil);
+                };
+                Ok(match &*k.as_bytes() {
+                    b"active" => Value::Integer(b.active() as i64),
+                    b"load" => b.load().map_or(Value::Nil, |l| Value::Integer(l as i64)),
+                    b"healthy" => Value::Boolean(b.available() && !c.avoid().contains(&(i - 1))),
+                    _ => Value::Nil,
+                })
+            })
+            .map_err(|e| init(e.to_string()))?;
+        let backend_meta = lua.create_table().map_err(|e| init(e.to_string()))?;
+        backend_meta
+            .raw_set("__index", backend_index)
+            .map_err(|e| init(e.to_string()))?;
         install_net(&lua, &ctx).map_err(|e| init(e.to_string()))?;
         Ok(Instance {
             lua,
@@ -237,6 +311,7 @@ impl Instance {
             health,
             req,
             backends: None,
+            backend_meta,
             budget: budget_units(limits.deadline),
         })
     }
@@ -245,6 +320,8 @@ impl Instance {
     fn scoped<R>(
         &mut self,
         req: Option<&Request<'_>>,
+        pool: Option<&Pool>,
+        avoid: &[usize],
         budget: u64,
         net: bool,
         f: impl FnOnce(&mut Self) -> mlua::Result<R>,
@@ -252,11 +329,15 @@ impl Instance {
         self.ctx
             .req
             .set(req.map(|r| (r as *const Request<'_>).cast::<Request<'static>>()));
+        self.ctx.pool.set(pool.map(|p| p as *const Pool));
+        self.ctx.avoid.set(Some(avoid as *const [usize]));
         self.ctx.budget.set(budget);
         self.ctx.out_of_budget.set(false);
         self.ctx.net.set(net);
         let r = f(self);
         self.ctx.req.set(None);
+        self.ctx.pool.set(None);
+        self.ctx.avoid.set(None);
         self.ctx.net.set(false);
         r.map_err(|e| {
             if self.ctx.out_of_budget.get() {
@@ -271,50 +352,21 @@ impl Instance {
         })
     }
 
-    fn fill_request(&self, req: &Request<'_>) -> mlua::Result<()> {
-        let t = &self.req;
-        let lua = &self.lua;
-        let mut buf = Vec::with_capacity(64);
-        for (name, field) in [
-            ("service", super::wasm::field::SERVICE),
-            ("mode", super::wasm::field::MODE),
-            ("client_ip", super::wasm::field::CLIENT_IP),
-            ("key", super::wasm::field::KEY),
-            ("method", super::wasm::field::METHOD),
-            ("path", super::wasm::field::PATH),
-            ("host", super::wasm::field::HOST),
-            ("payload", super::wasm::field::PAYLOAD),
-        ] {
-            if super::wasm::request_field(req, field, &mut buf) {
-                t.raw_set(name, lua.create_string(&buf)?)?;
-            } else {
-                t.raw_set(name, Value::Nil)?;
-            }
-        }
-        t.raw_set("client_port", req.client.map(|c| c.port() as i64))?;
-        Ok(())
-    }
-
-    fn fill_backends(&mut self, pool: &Pool, avoid: &[usize]) -> mlua::Result<Table> {
+    /// The backends table for this pool (built once; live fields are served by `__index`).
+    fn backends_table(&mut self, pool: &Pool) -> mlua::Result<Table> {
         if self.backends.as_ref().map(|t| t.raw_len()) != Some(pool.len()) {
             let t = self.lua.create_table_with_capacity(pool.len(), 0)?;
             for (i, b) in pool.backends().iter().enumerate() {
-                let e = self.lua.create_table_with_capacity(0, 6)?;
+                let e = self.lua.create_table_with_capacity(0, 4)?;
                 e.raw_set("address", b.address.to_string())?;
                 e.raw_set("index", i + 1)?;
+                e.raw_set("weight", b.weight)?;
+                e.set_metatable(Some(self.backend_meta.clone()))?;
                 t.raw_set(i + 1, e)?;
             }
             self.backends = Some(t);
         }
-        let t = self.backends.clone().expect("just set");
-        for (i, b) in pool.backends().iter().enumerate() {
-            let e: Table = t.raw_get(i + 1)?;
-            e.raw_set("weight", b.weight)?;
-            e.raw_set("active", b.active())?;
-            e.raw_set("load", b.load())?;
-            e.raw_set("healthy", b.available() && !avoid.contains(&i))?;
-        }
-        Ok(t)
+        Ok(self.backends.clone().expect("just set"))
     }
 
     pub fn select(
@@ -327,9 +379,8 @@ impl Instance {
             .clone()
             .ok_or_else(|| missing("select_server"))?;
         let budget = self.budget;
-        let v: Value = self.scoped(Some(req), budget, false, |me| {
-            me.fill_request(req)?;
-            let backends = me.fill_backends(a.pool, a.avoid)?;
+        let v: Value = self.scoped(Some(req), Some(a.pool), a.avoid, budget, false, |me| {
+            let backends = me.backends_table(a.pool)?;
             f.call((me.req.clone(), backends))
         })?;
         match v {
@@ -365,9 +416,7 @@ impl Instance {
     pub fn key<'r>(&mut self, req: &Request<'r>, pool: &Pool) -> Result<KeyOutcome<'r>, Fault> {
         let f = self.key.clone().ok_or_else(|| missing("persistence_key"))?;
         let budget = self.budget;
-        let v: Value = self.scoped(Some(req), budget, false, |me| {
-            me.fill_request(req)?;
-            let _ = pool;
+        let v: Value = self.scoped(Some(req), Some(pool), &[], budget, false, |me| {
             f.call(me.req.clone())
         })?;
         match v {
@@ -399,7 +448,7 @@ impl Instance {
             .clone()
             .ok_or_else(|| missing("on_response"))?;
         let budget = self.budget;
-        let v: Value = self.scoped(None, budget, false, |_| {
+        let v: Value = self.scoped(None, None, &[], budget, false, |_| {
             f.call((served + 1, named.map(|n| n + 1)))
         })?;
         let Value::Table(t) = v else { return Ok(()) };
@@ -428,12 +477,13 @@ impl Instance {
     ) -> Result<HealthReport, Fault> {
         let f = self.health.clone().ok_or_else(|| missing("health_check"))?;
         let units = budget_units(budget);
-        let (up, load): (Value, Option<i64>) = self.scoped(None, units, true, |me| {
-            let t = me.fill_backends(pool, &[])?;
-            let b: Table = t.raw_get(backend + 1)?;
-            b.raw_set("target", target.to_string())?;
-            f.call(b)
-        })?;
+        let (up, load): (Value, Option<i64>) =
+            self.scoped(None, Some(pool), &[], units, true, |me| {
+                let t = me.backends_table(pool)?;
+                let b: Table = t.raw_get(backend + 1)?;
+                b.raw_set("target", target.to_string())?;
+                f.call(b)
+            })?;
         let up = match up {
             Value::Boolean(b) => b,
             other => {
@@ -458,6 +508,10 @@ impl Instance {
         };
         Ok(HealthReport { up, load })
     }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
 }
 
 fn missing(name: &str) -> Fault {

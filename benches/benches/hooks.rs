@@ -1,0 +1,158 @@
+//! One call of each hook with 16 backends: built-in vs WASM plugin vs Lua plugin.
+//!
+//! The plugins are the example plugins (`examples/plugins/`): WASM ones built by
+//! `scripts/build-plugins` into `target/plugins/`. What is timed is what the proxy calls per
+//! request: `Balancer::choose` (select-server) and `Balancer::key` (persistence-key); the
+//! health check runs off the request path and is timed through its plugin thread.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use pingora::http::RequestHeader;
+use plugboard::config::{Config, Mode};
+use plugboard::hooks::{KeyOutcome, Request};
+
+const BACKENDS: usize = 16;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A plugins dir with the example plugins; `None` for WASM ones that are not built.
+fn plugins_dir() -> (tempfile_dir::Dir, bool) {
+    let dir = tempfile_dir::Dir::new();
+    let lua = root().join("examples/plugins/lua");
+    std::fs::copy(lua.join("round-robin.lua"), dir.0.join("rr-lua.lua")).unwrap();
+    std::fs::copy(lua.join("header-key.lua"), dir.0.join("hk-lua.lua")).unwrap();
+    std::fs::write(
+        dir.0.join("up-lua.lua"),
+        "function health_check(b) return true end\n",
+    )
+    .unwrap();
+    let built = root().join("target/plugins");
+    let mut wasm = true;
+    for (from, to) in [("round-robin", "rr-wasm"), ("header-key", "hk-wasm")] {
+        if std::fs::copy(
+            built.join(format!("{from}.wasm")),
+            dir.0.join(format!("{to}.wasm")),
+        )
+        .is_err()
+        {
+            wasm = false;
+        }
+    }
+    if !wasm {
+        eprintln!(
+            "!!! WASM example plugins not built (run ./scripts/build-plugins): WASM rows skipped"
+        );
+    }
+    (dir, wasm)
+}
+
+mod tempfile_dir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!("plugboard-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn config(dir: &Path, wasm: bool) -> Config {
+    let backends: String = (0..BACKENDS)
+        .map(|i| {
+            format!(
+                "[[service.backend]]\naddress = \"127.0.0.1:{}\"\n",
+                20000 + i
+            )
+        })
+        .collect();
+    let mut services = vec![
+        ("builtin", "scheduler = \"round_robin\"\npersistence = { key = \"header:X-User\" }".to_string()),
+        ("lua", "scheduler = \"plugin:rr-lua\"\npersistence = { key = \"plugin:hk-lua\" }\nhealth_check = { kind = \"plugin:up-lua\" }\n[service.plugin.hk-lua]\nheader = \"X-User\"".to_string()),
+    ];
+    if wasm {
+        services.push(("wasm", "scheduler = \"plugin:rr-wasm\"\npersistence = { key = \"plugin:hk-wasm\" }\nhealth_check = { kind = \"plugin:up-wasm\" }\n[service.plugin.hk-wasm]\nheader = \"X-User\"".to_string()));
+    }
+    let mut text = format!("[proxy]\nplugins_dir = \"{}\"\n", dir.display());
+    for (i, (name, extra)) in services.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n{extra}\n{backends}",
+            30000 + i
+        ));
+    }
+    Config::parse(&dir.join("bench.toml"), &text).expect("bench config")
+}
+
+fn hooks(c: &mut Criterion) {
+    let (dir, wasm) = plugins_dir();
+    let cfg = config(&dir.0, wasm);
+    let metrics = plugboard::metrics::Metrics::new();
+    let plugins = plugboard::server::load_plugins(&cfg, &metrics).expect("plugins load");
+    let balancers = plugboard::server::build_balancers(&cfg, &metrics, plugins.as_deref()).unwrap();
+    let mut header = RequestHeader::build("GET", b"/index.html", None).unwrap();
+    header.insert_header("host", "example.test").unwrap();
+    header.insert_header("x-user", "alice").unwrap();
+    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+
+    let mut g = c.benchmark_group("select-server");
+    for b in &balancers {
+        let req = Request {
+            service: &b.config().name,
+            mode: Mode::Http,
+            client: Some(client),
+            http: Some(&header),
+            payload: &[],
+            key: None,
+        };
+        g.bench_function(b.config().name.as_str(), |bench| {
+            bench.iter(|| black_box(b.choose(black_box(&req), &KeyOutcome::None, &[])))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("persistence-key");
+    for b in &balancers {
+        let req = Request {
+            service: &b.config().name,
+            mode: Mode::Http,
+            client: Some(client),
+            http: Some(&header),
+            payload: &[],
+            key: None,
+        };
+        g.bench_function(b.config().name.as_str(), |bench| {
+            bench.iter(|| black_box(b.key(black_box(&req))))
+        });
+    }
+    g.finish();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("health-check (plugin call, no I/O)");
+    for b in balancers.iter().filter(|b| b.health().is_some()) {
+        let (check, _) = b.health().unwrap();
+        let check = Arc::clone(check);
+        let pool = b.pool.clone();
+        let target = pool.get(0).address;
+        g.bench_function(b.config().name.as_str(), |bench| {
+            bench.iter(|| rt.block_on(check.check(&pool, 0, target)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, hooks);
+criterion_main!(benches);
