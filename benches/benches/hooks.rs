@@ -32,6 +32,16 @@ fn plugins_dir() -> (tempfile_dir::Dir, bool) {
         "function health_check(b) return true end\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.0.join("up-wasm.wasm"),
+        r#"(module (memory (export "memory") 1)
+  (func (export "plugboard_abi_version") (result i32) (i32.const 1))
+  (func (export "plugboard_hooks") (result i32) (i32.const 4))
+  (func (export "plugboard_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "plugboard_init") (param i32 i32) (result i32) (i32.const 0))
+  (func (export "plugboard_health_check") (param i32) (result i32) (i32.const 1)))"#,
+    )
+    .unwrap();
     let built = root().join("target/plugins");
     let mut wasm = true;
     for (from, to) in [("round-robin", "rr-wasm"), ("header-key", "hk-wasm")] {
