@@ -20,8 +20,23 @@ use crate::hooks::{
 };
 use crate::metrics::{BackendCounters, Metrics};
 use crate::persistence::{MemoryTable, PersistenceTable};
-use crate::plugin::{PluginHealth, PluginKey, PluginSelect, Registry};
+use crate::plugin::{PluginHealth, PluginKey, PluginSelect, Registry, HOOK_HEALTH};
 use crate::pool::{Pool, Transition};
+use std::time::Duration;
+
+/// Default interval of an agent feed (HAProxy's agent-inter).
+const DEFAULT_FEED_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest one agent poll may take.
+const FEED_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The `interval` setting of a scheduler plugin (a duration string), or the default.
+fn feed_interval(settings: Option<&serde_json::Value>) -> Duration {
+    settings
+        .and_then(|s| s.get("interval")?.as_str())
+        .and_then(|s| humantime::parse_duration(s).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_FEED_INTERVAL)
+}
 
 /// A persistence-key hook and the table its keys are pinned in.
 struct Persistence {
@@ -37,6 +52,8 @@ pub struct Balancer {
     fallback: Option<Box<dyn SelectServer>>,
     persistence: Option<Persistence>,
     health: Option<(Arc<dyn HealthCheck>, HealthConfig)>,
+    /// A scheduler plugin's own health-check hook, run as a load/agent feed.
+    agent_feed: Option<(Arc<dyn HealthCheck>, Duration)>,
     counters: Vec<BackendCounters>,
     no_backend: IntCounter,
     no_backend_log: crate::logging::RateLimit,
@@ -58,11 +75,20 @@ impl Balancer {
                 .and_then(|r| r.bind(config, index, name))
                 .ok_or_else(|| format!("service {:?}: plugin {name:?} is not loaded", cfg.name))
         };
+        let mut agent_feed = None;
         let (scheduler, fallback): (Box<dyn SelectServer>, _) = match &cfg.scheduler {
-            SchedulerKind::Plugin(name) => (
-                Box::new(PluginSelect(bind(name)?)),
-                crate::scheduler::builtin(&cfg.fallback_scheduler, &pool),
-            ),
+            SchedulerKind::Plugin(name) => {
+                let binding = bind(name)?;
+                if binding.slot.current().hooks & HOOK_HEALTH != 0 {
+                    let interval = feed_interval(cfg.plugin_settings.get(name));
+                    let feed = PluginHealth::new(binding.clone(), interval.min(FEED_TIMEOUT));
+                    agent_feed = Some((Arc::new(feed) as Arc<dyn HealthCheck>, interval));
+                }
+                (
+                    Box::new(PluginSelect(binding)),
+                    crate::scheduler::builtin(&cfg.fallback_scheduler, &pool),
+                )
+            }
             kind => (
                 crate::scheduler::builtin(kind, &pool).expect("built-in scheduler"),
                 None,
@@ -109,6 +135,7 @@ impl Balancer {
             fallback,
             persistence,
             health,
+            agent_feed,
             counters,
         })
     }
@@ -119,6 +146,11 @@ impl Balancer {
 
     pub fn health(&self) -> Option<(&Arc<dyn HealthCheck>, &HealthConfig)> {
         self.health.as_ref().map(|(c, h)| (c, h))
+    }
+
+    /// The scheduler plugin's health-check hook and how often to run it as an agent feed.
+    pub fn agent_feed(&self) -> Option<(&Arc<dyn HealthCheck>, Duration)> {
+        self.agent_feed.as_ref().map(|(c, i)| (c, *i))
     }
 
     /// True when the persistence hook reads the client's first bytes (tcp mode).
@@ -194,9 +226,15 @@ impl Balancer {
     }
 
     /// Persistence hook's response step.
-    pub fn on_response(&self, named: Option<usize>, served: usize, resp: &mut ResponseHeader) {
+    pub fn on_response(
+        &self,
+        req: &Request<'_>,
+        named: Option<usize>,
+        served: usize,
+        resp: &mut ResponseHeader,
+    ) {
         if let Some(p) = &self.persistence {
-            p.hook.on_response(named, served, &self.pool, resp);
+            p.hook.on_response(req, named, served, &self.pool, resp);
         }
     }
 

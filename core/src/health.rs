@@ -123,6 +123,11 @@ impl BackgroundService for HealthService {
                     tasks.spawn(check_loop(b.clone(), check.clone(), cfg.clone(), i));
                 }
             }
+            if let Some((feed, interval)) = b.agent_feed() {
+                for i in 0..b.pool.len() {
+                    tasks.spawn(feed_loop(b.clone(), feed.clone(), interval, i));
+                }
+            }
             if b.config().slow_start.is_some() {
                 tasks.spawn(slow_start_loop(b.clone()));
             }
@@ -147,6 +152,24 @@ async fn check_loop(b: Arc<Balancer>, check: Arc<dyn HealthCheck>, cfg: HealthCo
             Ok(None) => {}
             Err(_) => b.observe(i, HealthReport::DOWN, "health check timeout"),
         }
+    }
+}
+
+/// Polls a backend's agent through the scheduler plugin's health-check hook. The hook reports
+/// through `set_load`/`set_agent` as it runs; its up/down verdict is not a health check and
+/// goes through no rise/fall counter (the service's own `health_check` decides health).
+async fn feed_loop(b: Arc<Balancer>, feed: Arc<dyn HealthCheck>, interval: Duration, i: usize) {
+    let target = b.pool.get(i).address;
+    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = tokio::time::timeout(
+            interval.max(Duration::from_secs(1)),
+            feed.check(&b.pool, i, target),
+        )
+        .await;
     }
 }
 

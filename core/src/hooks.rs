@@ -137,10 +137,12 @@ pub trait PersistenceKey: Send + Sync {
     fn key<'r>(&self, req: &Request<'r>, pool: &Pool) -> KeyOutcome<'r>;
 
     /// Response step (http mode): lets the hook add headers, such as a cookie naming the
-    /// backend that served the request. `named` is the backend the request itself named
+    /// backend that served the request. It may run on another thread than [`Self::key`] for the
+    /// same request, so it gets the request again rather than relying on state from that call. `named` is the backend the request itself named
     /// (a [`KeyOutcome::Backend`] from [`Self::key`]), if any.
     fn on_response(
         &self,
+        _req: &Request<'_>,
         _named: Option<usize>,
         _served: usize,
         _pool: &Pool,

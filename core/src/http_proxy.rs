@@ -171,13 +171,14 @@ impl ProxyHttp for HttpService {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(served) = ctx.backend {
+            let req = self.request(session);
             self.balancer
-                .on_response(ctx.named, served, upstream_response);
+                .on_response(&req, ctx.named, served, upstream_response);
         }
         Ok(())
     }

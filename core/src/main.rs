@@ -42,8 +42,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Load a .wasm or .lua plugin, print its hooks and ABI version, and run each hook once
-    /// on a sample request.
+    /// Load a .wasm or .lua plugin (or a stock plugin by name: rdp-cookie, mcx-affinity,
+    /// agent-load), print its hooks and ABI version, and run each hook once on a sample
+    /// request.
     Check {
         file: PathBuf,
         /// Settings handed to the plugin, as JSON (what `[service.plugin.<name>]` becomes).
@@ -77,8 +78,12 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Ok(cfg)
 }
 
+/// The one-screen summary `check` prints (written at once, so a closed pipe is no panic).
 fn summary(cfg: &Config) {
-    println!(
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{}: OK, {} service(s), {} worker thread(s)",
         cfg.path.display(),
         cfg.services.len(),
@@ -86,7 +91,8 @@ fn summary(cfg: &Config) {
     );
     for s in &cfg.services {
         let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
-        println!(
+        let _ = writeln!(
+            out,
             "  {} [{}] listen {} scheduler {}",
             s.name,
             s.mode.as_str(),
@@ -94,14 +100,16 @@ fn summary(cfg: &Config) {
             s.scheduler
         );
         if let Some(p) = &s.persistence {
-            println!(
+            let _ = writeln!(
+                out,
                 "    persistence {} timeout {}",
                 p.key,
                 humantime::format_duration(p.timeout)
             );
         }
         if let Some(h) = &s.health_check {
-            println!(
+            let _ = writeln!(
+                out,
                 "    health {:?} every {} timeout {} rise {} fall {}",
                 h.kind,
                 humantime::format_duration(h.interval),
@@ -111,7 +119,8 @@ fn summary(cfg: &Config) {
             );
         }
         for b in &s.backends {
-            println!(
+            let _ = writeln!(
+                out,
                 "    backend {} weight {}{}",
                 b.address,
                 b.weight,
@@ -119,6 +128,7 @@ fn summary(cfg: &Config) {
             );
         }
     }
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
 }
 
 fn main() -> ExitCode {

@@ -160,6 +160,7 @@ impl PersistenceKey for InsertedCookie {
 
     fn on_response(
         &self,
+        _req: &Request<'_>,
         named: Option<usize>,
         served: usize,
         _pool: &Pool,

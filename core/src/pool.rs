@@ -34,6 +34,9 @@ pub struct Backend {
     effective_weight: AtomicU32,
     /// Last load 0-100 reported by a health check; 255 = never reported.
     load: AtomicU8,
+    /// State reported by an agent on the backend (agent-load plugin, HAProxy agent-check,
+    /// KEMP adaptive agent). Independent of the health check.
+    agent: AgentState,
     /// Times a load-aware scheduler picked this backend: breaks ties between equally loaded
     /// backends in proportion to weight.
     picks: AtomicU64,
@@ -54,6 +57,7 @@ impl Backend {
             active: AtomicU32::new(0),
             effective_weight: AtomicU32::new(c.weight * WEIGHT_SCALE),
             load: AtomicU8::new(u8::MAX),
+            agent: AgentState::default(),
             picks: AtomicU64::new(0),
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
@@ -72,7 +76,12 @@ impl Backend {
     /// Can take new traffic: enabled, healthy and with a non-zero weight.
     #[inline]
     pub fn available(&self) -> bool {
-        self.enabled() && self.healthy() && self.weight > 0
+        self.enabled() && self.healthy() && self.weight > 0 && self.agent.admits(self.active())
+    }
+
+    /// What the backend's agent last reported.
+    pub fn agent(&self) -> &AgentState {
+        &self.agent
     }
 
     pub fn active(&self) -> u32 {
@@ -82,7 +91,11 @@ impl Backend {
     /// Weight in thousandths, after slow start.
     #[inline]
     pub fn effective_weight(&self) -> u32 {
-        self.effective_weight.load(Relaxed)
+        let w = self.effective_weight.load(Relaxed);
+        match self.agent.weight_percent.load(Relaxed) {
+            100 => w,
+            p => (w as u64 * p as u64 / 100) as u32,
+        }
     }
 
     #[inline]
@@ -101,6 +114,75 @@ impl Backend {
             u8::MAX => None,
             l => Some(l),
         }
+    }
+}
+
+/// Administrative state an agent can request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAdmin {
+    Ready = 0,
+    /// No new traffic; what is in flight finishes.
+    Drain = 1,
+    /// Maintenance: no new traffic.
+    Maint = 2,
+}
+
+/// Agent-reported properties of a backend; defaults change nothing.
+#[derive(Debug)]
+pub struct AgentState {
+    /// Share of the configured weight, percent (HAProxy `75%`, `weight:N`). 0 drains.
+    weight_percent: AtomicU32,
+    /// Connection limit, 0 = none (HAProxy `maxconn:N`).
+    maxconn: AtomicU32,
+    admin: AtomicU8,
+    /// false after the agent said `down`, `fail`, `stopped` (or KEMP `101`).
+    up: AtomicBool,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        AgentState {
+            weight_percent: AtomicU32::new(100),
+            maxconn: AtomicU32::new(0),
+            admin: AtomicU8::new(AgentAdmin::Ready as u8),
+            up: AtomicBool::new(true),
+        }
+    }
+}
+
+/// Agent properties settable through [`Pool::set_agent`] (also the WASM ABI's numbers).
+pub mod agent_prop {
+    pub const WEIGHT_PERCENT: i32 = 0;
+    pub const MAXCONN: i32 = 1;
+    pub const ADMIN: i32 = 2;
+    pub const UP: i32 = 3;
+}
+
+impl AgentState {
+    #[inline]
+    fn admits(&self, active: u32) -> bool {
+        let maxconn = self.maxconn.load(Relaxed);
+        self.admin.load(Relaxed) == AgentAdmin::Ready as u8
+            && self.up.load(Relaxed)
+            && self.weight_percent.load(Relaxed) > 0
+            && (maxconn == 0 || active < maxconn)
+    }
+
+    pub fn weight_percent(&self) -> u32 {
+        self.weight_percent.load(Relaxed)
+    }
+    pub fn maxconn(&self) -> u32 {
+        self.maxconn.load(Relaxed)
+    }
+    pub fn admin(&self) -> AgentAdmin {
+        match self.admin.load(Relaxed) {
+            1 => AgentAdmin::Drain,
+            2 => AgentAdmin::Maint,
+            _ => AgentAdmin::Ready,
+        }
+    }
+    pub fn up(&self) -> bool {
+        self.up.load(Relaxed)
     }
 }
 
@@ -216,6 +298,39 @@ impl Pool {
             .store(load.map(|l| l.min(100)).unwrap_or(u8::MAX), Relaxed);
     }
 
+    /// Applies one agent-reported property (see [`agent_prop`]); false for an unknown
+    /// property or an out-of-range value.
+    pub fn set_agent(&self, i: usize, prop: i32, value: i64) -> bool {
+        let a = &self.backends[i].agent;
+        let before = a.admits(0);
+        let ok = match prop {
+            agent_prop::WEIGHT_PERCENT if (0..=25_600).contains(&value) => {
+                let old = a.weight_percent.swap(value as u32, Relaxed);
+                if old != value as u32 {
+                    self.bump();
+                }
+                true
+            }
+            agent_prop::MAXCONN if (0..=u32::MAX as i64).contains(&value) => {
+                a.maxconn.store(value as u32, Relaxed);
+                true
+            }
+            agent_prop::ADMIN if (0..=2).contains(&value) => {
+                a.admin.store(value as u8, Relaxed);
+                true
+            }
+            agent_prop::UP if (0..=1).contains(&value) => {
+                a.up.store(value == 1, Relaxed);
+                true
+            }
+            _ => false,
+        };
+        if a.admits(0) != before {
+            self.bump();
+        }
+        ok
+    }
+
     /// Records one check result, active or passive, and applies the rise/fall rule.
     pub fn observe(&self, i: usize, ok: bool, rise: u32, fall: u32) -> Transition {
         let b = &self.backends[i];
@@ -328,6 +443,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         assert!(!p.tick_slow_start());
         assert_eq!(p.get(1).effective_weight(), 2 * WEIGHT_SCALE);
+    }
+
+    #[test]
+    fn agent_state_gates_and_scales() {
+        let p = pool(None);
+        assert!(p.set_agent(1, agent_prop::WEIGHT_PERCENT, 50));
+        assert_eq!(p.get(1).effective_weight(), WEIGHT_SCALE);
+        assert!(p.set_agent(1, agent_prop::ADMIN, AgentAdmin::Drain as i64));
+        assert!(!p.get(1).available());
+        p.set_agent(1, agent_prop::ADMIN, 0);
+        p.set_agent(1, agent_prop::UP, 0);
+        assert!(!p.get(1).available());
+        p.set_agent(1, agent_prop::UP, 1);
+        p.set_agent(1, agent_prop::MAXCONN, 1);
+        let p = Arc::new(p);
+        let g = p.acquire(1);
+        assert!(!p.get(1).available(), "at maxconn");
+        drop(g);
+        assert!(p.get(1).available());
+        assert!(!p.set_agent(1, 9, 1));
     }
 
     #[test]

@@ -206,12 +206,20 @@ pub struct SourceHash {
 const POINTS_PER_WEIGHT: u32 = 40;
 
 impl SourceHash {
+    /// Points are placed by the backend's IP, not its port, so that services whose backends
+    /// are the same hosts on different ports (Exchange: 443, 135, RPC ports) send a client to
+    /// the same host. Two backends on one IP are told apart by their order.
     pub fn new(pool: &Pool) -> Self {
         let mut ring = Vec::new();
         for (i, b) in pool.backends().iter().enumerate() {
+            let same_ip = pool.backends()[..i]
+                .iter()
+                .filter(|o| o.address.ip() == b.address.ip())
+                .count();
             for p in 0..b.weight * POINTS_PER_WEIGHT {
                 let mut h = Fnv::default();
-                b.address.hash(&mut h);
+                b.address.ip().hash(&mut h);
+                same_ip.hash(&mut h);
                 p.hash(&mut h);
                 ring.push((mix(h.finish()), i as u32));
             }
@@ -381,6 +389,26 @@ mod tests {
             } else {
                 assert_ne!(now, 2);
             }
+        }
+    }
+
+    #[test]
+    fn source_hash_agrees_across_ports_of_the_same_hosts() {
+        let hosts = |port: u16| {
+            let cfg: Vec<_> = (1..=4u8)
+                .map(|i| BackendConfig {
+                    address: SocketAddr::from(([10, 0, 0, i], port)),
+                    weight: 1,
+                    enabled: true,
+                })
+                .collect();
+            Pool::new(&cfg, None)
+        };
+        let (https, rpc) = (hosts(443), hosts(59531));
+        let (a, b) = (SourceHash::new(&https), SourceHash::new(&rpc));
+        for i in 1..100u8 {
+            let c = req(Some(SocketAddr::from(([192, 0, 2, i], 5000))));
+            assert_eq!(a.select(&c, &https, &[]), b.select(&c, &rpc, &[]));
         }
     }
 

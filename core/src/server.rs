@@ -54,8 +54,12 @@ pub fn build(cfg: &Config) -> Result<Server, String> {
     let metrics = Arc::new(Metrics::new());
     let plugins = load_plugins(cfg, &metrics).map_err(|e| e.to_string())?;
     let balancers = build_balancers(cfg, &metrics, plugins.as_deref())?;
-    if let (Some(reg), Some(dir)) = (&plugins, &cfg.proxy.plugins_dir) {
-        reg.watch(dir)?;
+    if let Some(reg) = &plugins {
+        // Deadlines need the epoch to advance, whether or not a directory is watched.
+        reg.host.start_epoch_ticker();
+        if let Some(dir) = &cfg.proxy.plugins_dir {
+            reg.watch(dir)?;
+        }
     }
 
     for b in &balancers {

@@ -191,9 +191,26 @@ impl Backend {
     pub fn healthy(&self) -> bool {
         self.prop(3) == 1 && self.prop(4) == 1
     }
-    /// Weight in thousandths after slow start.
+    /// Weight in thousandths after slow start and the agent's weight percentage.
     pub fn effective_weight(&self) -> u32 {
         self.prop(5).max(0) as u32
+    }
+    /// What the backend's agent last reported (see [`agent`]).
+    pub fn agent_weight_percent(&self) -> u32 {
+        self.prop(6).max(0) as u32
+    }
+    pub fn agent_maxconn(&self) -> u32 {
+        self.prop(7).max(0) as u32
+    }
+    pub fn agent_admin(&self) -> agent::Admin {
+        match self.prop(8) {
+            1 => agent::Admin::Drain,
+            2 => agent::Admin::Maint,
+            _ => agent::Admin::Ready,
+        }
+    }
+    pub fn agent_up(&self) -> bool {
+        self.prop(9) != 0
     }
 }
 
@@ -250,8 +267,18 @@ pub trait PersistenceKey {
     const RESPONSE_STEP: bool = false;
     fn key(&mut self, req: &Request, backends: &Backends) -> Key;
     /// `named`: the backend the request named ([`Key::Backend`]); `served`: the backend that
-    /// served it.
-    fn on_response(&mut self, _named: Option<usize>, _served: usize, _resp: &mut Response) {}
+    /// served it. This may run in another instance than `key` for the same request (instances
+    /// are per worker thread): derive what you need from `req` and `backends`, not from state
+    /// left by `key`.
+    fn on_response(
+        &mut self,
+        _req: &Request,
+        _backends: &Backends,
+        _named: Option<usize>,
+        _served: usize,
+        _resp: &mut Response,
+    ) {
+    }
 }
 
 /// Is a backend up. `target` is the address to check (`IP:PORT`). May use [`net`].
@@ -259,18 +286,60 @@ pub trait HealthCheck {
     fn check(&mut self, backend: Backend, target: &str) -> Health;
 }
 
+/// Agent-reported state of the backend being health-checked: call these from
+/// [`HealthCheck::check`]. The proxy applies them at once: a backend that is drained, in
+/// maintenance, reported down by its agent, at its connection limit, or at 0 % weight gets no
+/// new traffic; the weight percentage scales its effective weight for every scheduler.
+pub mod agent {
+    use super::sys;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Admin {
+        Ready = 0,
+        Drain = 1,
+        Maint = 2,
+    }
+
+    /// Percentage of the configured weight (HAProxy `75%`, `weight:N`); 0 drains.
+    pub fn set_weight_percent(p: u32) -> bool {
+        sys::set_agent(0, p as i64) == 0
+    }
+    /// Connection limit; 0 removes it.
+    pub fn set_maxconn(n: u32) -> bool {
+        sys::set_agent(1, n as i64) == 0
+    }
+    pub fn set_admin(a: Admin) -> bool {
+        sys::set_agent(2, a as i64) == 0
+    }
+    /// The agent's own up/down verdict (HAProxy `up`/`down`, KEMP `101`).
+    pub fn set_up(up: bool) -> bool {
+        sys::set_agent(3, up as i64) == 0
+    }
+    /// Reported load 0-100, or `None` to forget it.
+    pub fn set_load(load: Option<u8>) -> bool {
+        sys::set_load(load.map_or(-1, |l| l.min(100) as i32)) == 0
+    }
+}
+
 /// Network I/O for health checks (the host refuses it elsewhere).
 pub mod net {
     use super::{read, sys};
 
-    /// Connects to `address`, sends `send`, returns what the peer answers (until it closes,
-    /// a line arrives when nothing was sent, or the timeout).
-    pub fn tcp_exchange(address: &str, send: &[u8], timeout_ms: u32) -> Option<Vec<u8>> {
+    /// Connects to `address`, sends `send`, returns what the peer answers: once `want` bytes
+    /// arrived (`want` > 0), else when it closes, or a line arrived when nothing was sent, or
+    /// at the timeout.
+    pub fn tcp_exchange(
+        address: &str,
+        send: &[u8],
+        want: usize,
+        timeout_ms: u32,
+    ) -> Option<Vec<u8>> {
         let n = sys::tcp_exchange(
             address.as_ptr(),
             address.len() as i32,
             send.as_ptr(),
             send.len() as i32,
+            want as i32,
             timeout_ms as i32,
         );
         if n < 0 {
@@ -414,7 +483,12 @@ pub mod __private {
     pub fn on_response<T: PersistenceKey>(slot: &Slot<T>, named: i32, served: i32) -> i32 {
         let Some(p) = slot.get() else { return -2 };
         let named = (named >= 0).then_some(named as usize);
+        let backends = Backends {
+            len: sys::backend_count().max(0) as usize,
+        };
         p.on_response(
+            &Request { _private: () },
+            &backends,
             named,
             served.max(0) as usize,
             &mut Response { _private: () },

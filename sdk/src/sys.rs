@@ -32,6 +32,7 @@ mod wasm {
         pub fn set_key(ptr: *const u8, len: i32) -> i32;
         pub fn set_backend(index: i32) -> i32;
         pub fn set_load(load: i32) -> i32;
+        pub fn set_agent(prop: i32, value: i64) -> i32;
         pub fn response_add_header(
             name: *const u8,
             name_len: i32,
@@ -45,6 +46,7 @@ mod wasm {
             addr_len: i32,
             send: *const u8,
             send_len: i32,
+            want: i32,
             timeout_ms: i32,
         ) -> i32;
         pub fn http_get(
@@ -68,10 +70,11 @@ wrappers! {
     fn set_key(ptr: *const u8, len: i32) -> i32;
     fn set_backend(index: i32) -> i32;
     fn set_load(load: i32) -> i32;
+    fn set_agent(prop: i32, value: i64) -> i32;
     fn response_add_header(name: *const u8, name_len: i32, value: *const u8, value_len: i32) -> i32;
     fn log(level: i32, ptr: *const u8, len: i32);
     fn check_target(buf: *mut u8, cap: i32) -> i32;
-    fn tcp_exchange(addr: *const u8, addr_len: i32, send: *const u8, send_len: i32, timeout_ms: i32) -> i32;
+    fn tcp_exchange(addr: *const u8, addr_len: i32, send: *const u8, send_len: i32, want: i32, timeout_ms: i32) -> i32;
     fn http_get(addr: *const u8, addr_len: i32, path: *const u8, path_len: i32, timeout_ms: i32) -> i32;
     fn last_response(buf: *mut u8, cap: i32) -> i32;
 }

@@ -16,7 +16,13 @@
 
 use std::cell::RefCell;
 
-use crate::{Backends, Request};
+use crate::{Backends, Request, Response};
+
+/// A response handle for calling `PersistenceKey::on_response` in tests; headers it adds land
+/// in `Mock::response_headers` of the mock being run.
+pub fn response() -> Response {
+    Response { _private: () }
+}
 
 /// One backend as the mock host reports it.
 #[derive(Debug, Clone)]
@@ -63,6 +69,13 @@ pub struct Mock {
     pub key_out: Option<Vec<u8>>,
     pub backend_out: Option<i32>,
     pub load_out: Option<i32>,
+    /// `(property, value)` pairs set with the `agent` functions.
+    pub agent_out: Vec<(i32, i64)>,
+    /// Answers for `net::tcp_exchange` / `net::http_get`, consumed in order; `None` = the
+    /// connection fails. The mock host has no network.
+    pub net_answers: Vec<Option<(u16, Vec<u8>)>>,
+    /// The body of the last answered net call (what `last_response` serves).
+    pub last_response: Vec<u8>,
     pub response_headers: Vec<(String, String)>,
     pub logs: Vec<(i32, String)>,
 }
@@ -191,6 +204,11 @@ pub(crate) mod host {
         0
     }
 
+    pub fn set_agent(prop: i32, value: i64) -> i32 {
+        MOCK.with(|m| m.borrow_mut().agent_out.push((prop, value)));
+        0
+    }
+
     pub fn response_add_header(n: *const u8, nl: i32, v: *const u8, vl: i32) -> i32 {
         let (n, v) = (text(n, nl).to_string(), text(v, vl).to_string());
         MOCK.with(|m| m.borrow_mut().response_headers.push((n, v)));
@@ -211,16 +229,30 @@ pub(crate) mod host {
         })
     }
 
-    /// The mock host has no network: health checks that need it see a failure.
-    pub fn tcp_exchange(_: *const u8, _: i32, _: *const u8, _: i32, _: i32) -> i32 {
-        -1
+    fn next_answer() -> Option<(u16, Vec<u8>)> {
+        MOCK.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.net_answers.is_empty() {
+                return None;
+            }
+            let a = m.net_answers.remove(0);
+            if let Some((_, body)) = &a {
+                m.last_response = body.clone();
+            }
+            a
+        })
+    }
+
+    /// Serves the next of `Mock::net_answers` (the status is ignored).
+    pub fn tcp_exchange(_: *const u8, _: i32, _: *const u8, _: i32, _: i32, _: i32) -> i32 {
+        next_answer().map_or(-1, |(_, b)| b.len() as i32)
     }
 
     pub fn http_get(_: *const u8, _: i32, _: *const u8, _: i32, _: i32) -> i32 {
-        -1
+        next_answer().map_or(-1, |(s, _)| s as i32)
     }
 
-    pub fn last_response(_: *mut u8, _: i32) -> i32 {
-        -1
+    pub fn last_response(buf: *mut u8, cap: i32) -> i32 {
+        MOCK.with(|m| out(buf, cap, &m.borrow().last_response))
     }
 }

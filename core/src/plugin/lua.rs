@@ -438,9 +438,10 @@ impl Instance {
 
     pub fn on_response(
         &mut self,
+        req: &Request<'_>,
         named: Option<usize>,
         served: usize,
-        _pool: &Pool,
+        pool: &Pool,
         resp: &mut ResponseHeader,
     ) -> Result<(), Fault> {
         let f = self
@@ -448,7 +449,7 @@ impl Instance {
             .clone()
             .ok_or_else(|| missing("on_response"))?;
         let budget = self.budget;
-        let v: Value = self.scoped(None, None, &[], budget, false, |_| {
+        let v: Value = self.scoped(Some(req), Some(pool), &[], budget, false, |_| {
             f.call((served + 1, named.map(|n| n + 1)))
         })?;
         let Value::Table(t) = v else { return Ok(()) };
@@ -526,7 +527,13 @@ fn install_net(lua: &Lua, ctx: &Rc<Ctx>) -> mlua::Result<()> {
     net.raw_set(
         "tcp",
         lua.create_function(
-            move |lua, (addr, send, ms): (String, Option<mlua::LuaString>, Option<u64>)| {
+            move |lua,
+                  (addr, send, ms, want): (
+                String,
+                Option<mlua::LuaString>,
+                Option<u64>,
+                Option<usize>,
+            )| {
                 if !c.net.get() {
                     return Err(mlua::Error::RuntimeError(
                         "net.tcp is only available in health_check".into(),
@@ -539,6 +546,7 @@ fn install_net(lua: &Lua, ctx: &Rc<Ctx>) -> mlua::Result<()> {
                 let r = super::net::tcp_exchange(
                     addr,
                     &send,
+                    want.unwrap_or(0),
                     Duration::from_millis(ms.unwrap_or(1000)),
                 );
                 r.map(|r| lua.create_string(r)).transpose()

@@ -17,6 +17,7 @@
 
 pub mod lua;
 pub mod net;
+pub mod stock;
 pub mod wasm;
 mod watch;
 
@@ -148,6 +149,13 @@ impl Loaded {
 
 static GENERATION: AtomicU64 = AtomicU64::new(1);
 
+/// Where a plugin's code comes from.
+pub enum Source<'a> {
+    File(&'a Path),
+    /// An embedded stock plugin (WASM).
+    Stock(&'a str, &'static [u8]),
+}
+
 /// Compiles a plugin file and reads which hooks it implements. A Lua script's top level runs
 /// with `settings` as its `config`.
 pub fn load_file(
@@ -156,20 +164,31 @@ pub fn load_file(
     settings: &str,
     limits: Limits,
 ) -> Result<Loaded, String> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let (code, hooks, abi) = match ext {
-        "wasm" => {
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-            let module = host.compile(&bytes)?;
-            let (hooks, abi) = host.inspect(&module, limits)?;
-            (Code::Wasm(module), hooks, abi)
-        }
-        "lua" => {
-            let src = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-            let hooks = lua::inspect(&src, settings, limits)?;
-            (Code::Lua(src.into()), hooks, 1)
-        }
-        _ => return Err("a plugin file must end in .wasm or .lua".into()),
+    load(host, Source::File(path), settings, limits)
+}
+
+pub fn load(
+    host: &wasm::Host,
+    source: Source<'_>,
+    settings: &str,
+    limits: Limits,
+) -> Result<Loaded, String> {
+    let wasm = |bytes: &[u8]| -> Result<(Code, u32, u32), String> {
+        let module = host.compile(bytes)?;
+        let (hooks, abi) = host.inspect(&module, limits)?;
+        Ok((Code::Wasm(module), hooks, abi))
+    };
+    let (code, hooks, abi) = match source {
+        Source::Stock(_, bytes) => wasm(bytes)?,
+        Source::File(path) => match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+            "wasm" => wasm(&std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?)?,
+            "lua" => {
+                let src = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+                let hooks = lua::inspect(&src, settings, limits)?;
+                (Code::Lua(src.into()), hooks, 1)
+            }
+            _ => return Err("a plugin file must end in .wasm or .lua".into()),
+        },
     };
     Ok(Loaded {
         code,
@@ -253,14 +272,15 @@ impl Instance {
 
     fn on_response(
         &mut self,
+        req: &Request<'_>,
         named: Option<usize>,
         served: usize,
         pool: &Pool,
         resp: &mut ResponseHeader,
     ) -> Result<(), Fault> {
         match self {
-            Instance::Wasm(i) => i.on_response(named, served, pool, resp),
-            Instance::Lua(i) => i.on_response(named, served, pool, resp),
+            Instance::Wasm(i) => i.on_response(req, named, served, pool, resp),
+            Instance::Lua(i) => i.on_response(req, named, served, pool, resp),
         }
     }
 
@@ -402,6 +422,7 @@ impl PersistenceKey for PluginKey {
 
     fn on_response(
         &self,
+        req: &Request<'_>,
         named: Option<usize>,
         served: usize,
         pool: &Pool,
@@ -412,7 +433,7 @@ impl PersistenceKey for PluginKey {
         }
         if let Err(f) = self
             .binding
-            .call(|i| i.on_response(named, served, pool, resp))
+            .call(|i| i.on_response(req, named, served, pool, resp))
         {
             self.binding.fault("response step", &f);
         }
@@ -540,28 +561,38 @@ impl Registry {
                 continue;
             }
             if !slots.contains_key(&r.name) {
-                let Some(dir) = &cfg.proxy.plugins_dir else {
-                    errors.push(err(format!(
-                        "plugin:{}: no [proxy] plugins_dir is set to find it in",
-                        r.name
-                    )));
-                    failed.insert(r.name.clone(), ());
-                    continue;
-                };
-                let Some(path) = resolve(dir, &r.name) else {
-                    errors.push(err(format!(
-                        "plugin:{}: not found: no {}.wasm or {}.lua in {}",
-                        r.name,
-                        r.name,
-                        r.name,
-                        dir.display()
-                    )));
-                    failed.insert(r.name.clone(), ());
-                    continue;
-                };
+                let dir = cfg.proxy.plugins_dir.as_deref();
+                let file = dir.and_then(|d| resolve(d, &r.name));
                 let settings = settings_json(cfg, r.service, &r.name);
-                match load_file(&host, &path, &settings, limits) {
+                let loaded = match (&file, stock::get(&r.name)) {
+                    (Some(path), _) => load_file(&host, path, &settings, limits)
+                        .map_err(|e| format!("plugin:{}: {}: {e}", r.name, path.display())),
+                    (None, Some(Ok(bytes))) => load(&host, Source::Stock(&r.name, bytes), &settings, limits)
+                        .map_err(|e| format!("plugin:{}: stock plugin: {e}", r.name)),
+                    (None, Some(Err(e))) => Err(format!("plugin:{}: {e}", r.name)),
+                    (None, None) => Err(match dir {
+                        Some(d) => format!(
+                            "plugin:{}: not found: no {}.wasm or {}.lua in {}, and no stock plugin of that name (stock: {})",
+                            r.name,
+                            r.name,
+                            r.name,
+                            d.display(),
+                            stock::names().collect::<Vec<_>>().join(", ")
+                        ),
+                        None => format!(
+                            "plugin:{}: not a stock plugin (stock: {}), and no [proxy] plugins_dir is set to find it in",
+                            r.name,
+                            stock::names().collect::<Vec<_>>().join(", ")
+                        ),
+                    }),
+                };
+                match loaded {
                     Ok(l) => {
+                        // A stock plugin's slot watches the path a file overriding it would have.
+                        let path = file.unwrap_or_else(|| {
+                            dir.unwrap_or(Path::new("."))
+                                .join(format!("{}.wasm", r.name))
+                        });
                         slots.insert(
                             r.name.clone(),
                             Arc::new(Slot {
@@ -574,7 +605,7 @@ impl Registry {
                         );
                     }
                     Err(e) => {
-                        errors.push(err(format!("plugin:{}: {}: {e}", r.name, path.display())));
+                        errors.push(err(e));
                         failed.insert(r.name.clone(), ());
                         continue;
                     }
@@ -645,7 +676,6 @@ impl Registry {
         if self.slots.is_empty() {
             return Ok(());
         }
-        self.host.start_epoch_ticker();
         let w = watch::Watcher::start(dir, Arc::downgrade(self))?;
         *self._watcher.lock().expect("not poisoned") = Some(w);
         Ok(())
@@ -654,7 +684,11 @@ impl Registry {
     /// Reloads the slot whose file is `path`, if any. A version that fails to load, lacks a
     /// hook the configuration uses, or refuses a service's settings is not installed.
     pub fn reload(&self, path: &Path) {
-        let Some(slot) = self.slots.values().find(|s| s.path == path) else {
+        let Some(slot) = self
+            .slots
+            .values()
+            .find(|s| s.path == path || resolve_alt(&s.path) == path)
+        else {
             return;
         };
         if !path.exists() {
@@ -688,14 +722,24 @@ impl Registry {
     }
 }
 
-/// `plugboard plugin check`: loads a plugin file, then runs each of its hooks once on a sample
+/// `plugboard plugin check`: loads a plugin file (or a stock plugin by name), then runs each of its hooks once on a sample
 /// request (`GET /` from 127.0.0.1:40000 with `X-User: alice`) and a pool of three backends
 /// (127.0.0.1:9001-9003). Returns a human report, or the reason the plugin cannot load.
 pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, String> {
     use std::fmt::Write;
     let host = wasm::Host::new()?;
     host.start_epoch_ticker();
-    let loaded = load_file(&host, path, settings, limits)?;
+    // A path that does not exist may name a stock plugin.
+    let loaded = match (path.exists(), path.to_str().and_then(stock::get)) {
+        (false, Some(Ok(bytes))) => load(
+            &host,
+            Source::Stock(path.to_str().unwrap_or(""), bytes),
+            settings,
+            limits,
+        )?,
+        (false, Some(Err(e))) => return Err(e),
+        _ => load_file(&host, path, settings, limits)?,
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -759,7 +803,7 @@ pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, S
     }
     if loaded.hooks & HOOK_RESPONSE != 0 {
         let mut resp = ResponseHeader::build(200, None).map_err(|e| e.to_string())?;
-        let r = inst.on_response(None, 0, &pool, &mut resp).map(|_| {
+        let r = inst.on_response(&req, None, 0, &pool, &mut resp).map(|_| {
             let added: Vec<String> = resp
                 .headers
                 .iter()
@@ -783,6 +827,11 @@ pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, S
         let _ = writeln!(out, "health-check: {}", show(r));
     }
     Ok(out)
+}
+
+/// The `.lua` twin of a `.wasm` path (a stock plugin may be overridden by either).
+fn resolve_alt(p: &Path) -> PathBuf {
+    p.with_extension("lua")
 }
 
 /// `<dir>/<name>.wasm`, else `<dir>/<name>.lua`.

@@ -8,12 +8,24 @@ use std::time::{Duration, Instant};
 /// Largest answer kept.
 const MAX_RESPONSE: usize = 64 * 1024;
 
-/// Connects, sends `send` (if any), then reads until the peer closes, a line-oriented answer
-/// is complete (a newline after some data, when nothing was sent), the buffer is full, or
-/// `timeout` passes. `None` when the connection cannot be made.
-pub fn tcp_exchange(addr: SocketAddr, send: &[u8], timeout: Duration) -> Option<Vec<u8>> {
-    let line_done = |out: &[u8]| send.is_empty() && out.contains(&b'\n');
-    exchange(addr, send, timeout, line_done)
+/// Connects, sends `send` (if any), then reads until `want` bytes arrived (when `want` > 0),
+/// a line-oriented answer is complete (a newline after some data, when nothing was sent and
+/// `want` is 0), the peer closes, the buffer is full, or `timeout` passes. `None` when the
+/// connection cannot be made.
+pub fn tcp_exchange(
+    addr: SocketAddr,
+    send: &[u8],
+    want: usize,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let done = |out: &[u8]| {
+        if want > 0 {
+            out.len() >= want
+        } else {
+            send.is_empty() && out.contains(&b'\n')
+        }
+    };
+    exchange(addr, send, timeout, done)
 }
 
 fn exchange(

@@ -52,6 +52,10 @@ pub mod prop {
     pub const HEALTHY: i32 = 3;
     pub const ENABLED: i32 = 4;
     pub const EFFECTIVE_WEIGHT: i32 = 5;
+    pub const AGENT_WEIGHT_PERCENT: i32 = 6;
+    pub const AGENT_MAXCONN: i32 = 7;
+    pub const AGENT_ADMIN: i32 = 8;
+    pub const AGENT_UP: i32 = 9;
 }
 
 /// Engine and linker shared by every WASM plugin.
@@ -70,6 +74,8 @@ struct Call {
     resp: Option<*mut ResponseHeader>,
     /// Health-check calls only: the backend's check address; enables the network functions.
     target: Option<SocketAddr>,
+    /// Health-check calls only: the backend being checked (for `set_load`, `set_agent`).
+    backend: Option<usize>,
 }
 
 /// Store data of one instance.
@@ -392,6 +398,7 @@ impl Instance {
 
     pub fn on_response(
         &mut self,
+        req: &Request<'_>,
         named: Option<usize>,
         served: usize,
         pool: &Pool,
@@ -402,6 +409,7 @@ impl Instance {
             .clone()
             .ok_or_else(|| missing("response step"))?;
         let call = Call {
+            req: Some(erase(req)),
             pool: Some(pool),
             resp: Some(resp),
             ..Call::default()
@@ -425,6 +433,7 @@ impl Instance {
         let call = Call {
             pool: Some(pool),
             target: Some(target),
+            backend: Some(backend),
             ..Call::default()
         };
         let scope = self.begin(call, deadline_ticks(budget));
@@ -618,6 +627,10 @@ fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
                 prop::HEALTHY => (b.healthy() && !call.avoid().contains(&(i as usize))) as i64,
                 prop::ENABLED => b.enabled() as i64,
                 prop::EFFECTIVE_WEIGHT => b.effective_weight() as i64,
+                prop::AGENT_WEIGHT_PERCENT => b.agent().weight_percent() as i64,
+                prop::AGENT_MAXCONN => b.agent().maxconn() as i64,
+                prop::AGENT_ADMIN => b.agent().admin() as i64,
+                prop::AGENT_UP => b.agent().up() as i64,
                 _ => -1,
             }
         },
@@ -671,11 +684,32 @@ fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
         M,
         "set_load",
         |mut c: Caller<'_, State>, load: i32| -> i32 {
-            if !(0..=100).contains(&load) {
+            if !(-1..=100).contains(&load) {
                 return -2;
             }
-            c.data_mut().load = Some(load as u8);
+            let d = c.data_mut();
+            let (Some(pool), Some(i)) = (d.call.pool(), d.call.backend) else {
+                return -3;
+            };
+            let load = u8::try_from(load).ok();
+            pool.set_load(i, load);
+            d.load = load;
             0
+        },
+    )?;
+    l.func_wrap(
+        M,
+        "set_agent",
+        |c: Caller<'_, State>, prop: i32, value: i64| -> i32 {
+            let d = c.data();
+            let (Some(pool), Some(i)) = (d.call.pool(), d.call.backend) else {
+                return -3;
+            };
+            if pool.set_agent(i, prop, value) {
+                0
+            } else {
+                -2
+            }
         },
     )?;
     l.func_wrap(
@@ -735,7 +769,14 @@ fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
     l.func_wrap(
         M,
         "tcp_exchange",
-        |mut c: Caller<'_, State>, ap: i32, al: i32, sp: i32, sl: i32, timeout_ms: i32| -> i32 {
+        |mut c: Caller<'_, State>,
+         ap: i32,
+         al: i32,
+         sp: i32,
+         sl: i32,
+         want: i32,
+         timeout_ms: i32|
+         -> i32 {
             let Some((mem, st)) = split(&mut c) else {
                 return -2;
             };
@@ -751,6 +792,7 @@ fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
             match super::net::tcp_exchange(
                 addr,
                 send,
+                want.max(0) as usize,
                 Duration::from_millis(timeout_ms.max(1) as u64),
             ) {
                 Some(r) => {

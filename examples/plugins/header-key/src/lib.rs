@@ -38,7 +38,14 @@ impl PersistenceKey for HeaderKey {
         }
     }
 
-    fn on_response(&mut self, _named: Option<usize>, served: usize, resp: &mut Response) {
+    fn on_response(
+        &mut self,
+        _req: &Request,
+        _backends: &Backends,
+        _named: Option<usize>,
+        served: usize,
+        resp: &mut Response,
+    ) {
         if self.echo {
             resp.add_header("X-Plugboard-Backend", &served.to_string());
         }
