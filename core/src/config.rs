@@ -440,6 +440,16 @@ fn parse_size(s: &str) -> Option<usize> {
     n.checked_mul(unit)
 }
 
+fn builtin_scheduler(name: &str) -> Option<SchedulerKind> {
+    Some(match name {
+        "round_robin" => SchedulerKind::RoundRobin,
+        "least_connections" => SchedulerKind::LeastConnections,
+        "random_two" => SchedulerKind::RandomTwo,
+        "source_hash" => SchedulerKind::SourceHash,
+        _ => return None,
+    })
+}
+
 fn plugin_name(s: &str) -> Option<&str> {
     s.strip_prefix("plugin:")
 }
@@ -689,12 +699,9 @@ fn validate_service(
 
     let scheduler = match s.scheduler.as_ref() {
         None => SchedulerKind::RoundRobin,
-        Some(v) => match v.get_ref().as_str() {
-            "round_robin" => SchedulerKind::RoundRobin,
-            "least_connections" => SchedulerKind::LeastConnections,
-            "random_two" => SchedulerKind::RandomTwo,
-            "source_hash" => SchedulerKind::SourceHash,
-            other => match plugin_name(other) {
+        Some(v) => match builtin_scheduler(v.get_ref()) {
+            Some(k) => k,
+            None => match plugin_name(v.get_ref()) {
                 Some(p) if valid_plugin_name(p) => {
                     refs.push((p.to_string(), Hook::SelectServer, v.span()));
                     SchedulerKind::Plugin(p.to_string())
@@ -703,8 +710,9 @@ fn validate_service(
                     r.err(
                         v.span(),
                         format!(
-                            "scheduler: unknown scheduler {other:?}; expected round_robin, \
-                             least_connections, random_two, source_hash or \"plugin:<name>\""
+                            "scheduler: unknown scheduler {:?}; expected round_robin, \
+                             least_connections, random_two, source_hash or \"plugin:<name>\"",
+                            v.get_ref()
                         ),
                     );
                     SchedulerKind::RoundRobin
@@ -876,12 +884,10 @@ fn validate_service(
     };
     let fallback_scheduler = match s.fallback_scheduler.as_ref() {
         None => SchedulerKind::RoundRobin,
-        Some(v) => match v.get_ref().as_str() {
-            "round_robin" => SchedulerKind::RoundRobin,
-            "least_connections" => SchedulerKind::LeastConnections,
-            "random_two" => SchedulerKind::RandomTwo,
-            "source_hash" => SchedulerKind::SourceHash,
-            other => {
+        Some(v) => match builtin_scheduler(v.get_ref()) {
+            Some(k) => k,
+            None => {
+                let other = v.get_ref();
                 r.err(
                     v.span(),
                     format!("fallback_scheduler: {other:?} is not a built-in scheduler"),

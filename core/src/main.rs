@@ -4,6 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// mimalloc: fewer CPU cycles per request and less memory per idle connection than glibc's
+/// allocator under pingora's many small per-request allocations (measured by benches/run).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use plugboard::config::{Config, LogFormat};
 
 #[derive(Parser)]

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -14,6 +15,21 @@ use crate::http_proxy::HttpService;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::plugin::Registry;
 use crate::tcp_proxy::TcpService;
+
+/// Client-side socket buffering for http listeners. pingora's default 64 KiB read buffer is
+/// sized for TLS records; plain HTTP requests are small, and every idle kept-alive client pays
+/// for this buffer.
+const HTTP_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(4 * 1024),
+    write: None,
+};
+
+/// tcp listeners: unbuffered; the relay copies with its own buffers, so a pingora buffer in
+/// front of it would only add a copy.
+const TCP_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: Some(0),
+};
 
 /// Loads the plugins a configuration refers to (errors at their config lines).
 pub fn load_plugins(
@@ -73,14 +89,14 @@ pub fn build(cfg: &Config) -> Result<Server, String> {
                     &name,
                 );
                 for l in &s.listen {
-                    svc.add_tcp(&l.to_string());
+                    svc.add_listener(ListenerConfig::tcp(l.to_string()).l4_buffer(HTTP_BUFFERS));
                 }
                 server.add_service(svc);
             }
             Mode::Tcp => {
                 let mut svc = Service::new(name, TcpService::new(b.clone()));
                 for l in &s.listen {
-                    svc.add_tcp(&l.to_string());
+                    svc.add_listener(ListenerConfig::tcp(l.to_string()).l4_buffer(TCP_BUFFERS));
                 }
                 server.add_service(svc);
             }

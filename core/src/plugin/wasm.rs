@@ -553,6 +553,29 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
 }
 
+/// Shared body of `request_header` and `request_cookie`: a value looked up by a name the
+/// guest passes, copied into its buffer.
+fn named_value(
+    c: &mut Caller<'_, State>,
+    np: i32,
+    nl: i32,
+    buf: i32,
+    cap: i32,
+    lookup: impl for<'r> Fn(&Request<'r>, &str) -> Option<&'r [u8]>,
+) -> i32 {
+    let Some((mem, st)) = split(c) else {
+        return -2;
+    };
+    let Some(req) = st.call.req() else { return -1 };
+    let Some(name) = slice(mem, np, nl).and_then(|n| std::str::from_utf8(n).ok()) else {
+        return -2;
+    };
+    match lookup(req, name) {
+        Some(v) => write_out(mem, buf, cap, v),
+        None => -1,
+    }
+}
+
 fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
     const M: &str = "plugboard";
     l.func_wrap(
@@ -577,34 +600,14 @@ fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
         M,
         "request_header",
         |mut c: Caller<'_, State>, np: i32, nl: i32, buf: i32, cap: i32| -> i32 {
-            let Some((mem, st)) = split(&mut c) else {
-                return -2;
-            };
-            let Some(req) = st.call.req() else { return -1 };
-            let Some(name) = slice(mem, np, nl).and_then(|n| std::str::from_utf8(n).ok()) else {
-                return -2;
-            };
-            match req.header(name) {
-                Some(v) => write_out(mem, buf, cap, v),
-                None => -1,
-            }
+            named_value(&mut c, np, nl, buf, cap, |req, name| req.header(name))
         },
     )?;
     l.func_wrap(
         M,
         "request_cookie",
         |mut c: Caller<'_, State>, np: i32, nl: i32, buf: i32, cap: i32| -> i32 {
-            let Some((mem, st)) = split(&mut c) else {
-                return -2;
-            };
-            let Some(req) = st.call.req() else { return -1 };
-            let Some(name) = slice(mem, np, nl).and_then(|n| std::str::from_utf8(n).ok()) else {
-                return -2;
-            };
-            match req.cookie(name) {
-                Some(v) => write_out(mem, buf, cap, v),
-                None => -1,
-            }
+            named_value(&mut c, np, nl, buf, cap, |req, name| req.cookie(name))
         },
     )?;
     l.func_wrap(M, "backend_count", |c: Caller<'_, State>| -> i32 {
