@@ -245,11 +245,6 @@ impl Pool {
         self.backends.is_empty()
     }
 
-    /// Index of the backend with this address.
-    pub fn find(&self, addr: SocketAddr) -> Option<usize> {
-        self.backends.iter().position(|b| b.address == addr)
-    }
-
     pub fn generation(&self) -> u64 {
         self.generation.load(Relaxed)
     }

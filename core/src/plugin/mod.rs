@@ -651,10 +651,6 @@ impl Registry {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// The binding of plugin `name` for service number `service` of `cfg`.
     pub fn bind(&self, cfg: &Config, service: usize, name: &str) -> Option<Arc<Binding>> {
         let slot = self.slots.get(name)?.clone();
