@@ -411,3 +411,86 @@ async fn slow_start_ramps_a_returning_backend() {
         .count();
     assert_near(late, 33.0, 0.1, "full weight after the ramp");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_pass_both_ways_on_one_connection() {
+    let a = HttpBackend::start().await;
+    let listen = free_addr();
+    let _p = Proxy::start(&service(listen, "", &[(a.addr, 1)]), listen).await;
+    let mut c = Client::connect(listen).await.unwrap();
+    let upload: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for _ in 0..2 {
+        let r = c.send("POST", "/echo", &upload).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.as_bytes(), &upload[..]);
+        let r = c.get("/big/1048576", &[]).await.unwrap();
+        assert_eq!(r.body.len(), 1_048_576);
+        assert!(r.body.bytes().all(|b| b == b'x'));
+        let r = c.get("/", &[]).await.unwrap();
+        assert_eq!(r.body, a.addr.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_clients_are_closed_after_idle_timeout() {
+    let a = HttpBackend::start().await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "idle_timeout = \"1s\"", &[(a.addr, 1)]),
+        listen,
+    )
+    .await;
+    // Never sends a request.
+    let mut silent = Client::connect(listen).await.unwrap();
+    // Kept alive after one request.
+    let mut idle = Client::connect(listen).await.unwrap();
+    idle.get("/", &[]).await.unwrap();
+    // Busy: a request every 300 ms keeps it open past the timeout.
+    let mut busy = Client::connect(listen).await.unwrap();
+    for _ in 0..6 {
+        busy.get("/", &[]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(silent.closed_within(Duration::from_secs(5)).await);
+    assert!(idle.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(busy.get("/", &[]).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_at_once() {
+    let a = HttpBackend::start().await;
+    let listen = free_addr();
+    let cfg = service(listen, "", &[(a.addr, 1)])
+        .replace("[proxy]\n", "[proxy]\ngrace_period = \"30s\"\n");
+    let p = Proxy::start(&cfg, listen).await;
+    let mut idle = Client::connect(listen).await.unwrap();
+    idle.get("/", &[]).await.unwrap();
+    let mut silent = Client::connect(listen).await.unwrap();
+    let pid = p.pid().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Well inside the 30 s grace period: idle connections need no grace.
+    assert!(idle.closed_within(Duration::from_secs(5)).await);
+    assert!(silent.closed_within(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_listen_address_is_refused_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let (_dir, path) = write_config(&service(listen, "", &[(free_addr(), 1)]));
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {listen}")) && err.contains("service http-svc"),
+        "{err}"
+    );
+}

@@ -9,6 +9,7 @@ pub mod balancer;
 pub mod config;
 pub mod health;
 pub mod hooks;
+pub mod http_listener;
 pub mod http_proxy;
 pub mod logging;
 pub mod metrics;

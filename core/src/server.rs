@@ -11,18 +11,11 @@ use pingora::services::listening::Service;
 use crate::balancer::Balancer;
 use crate::config::{Config, ConfigErrors, Mode};
 use crate::health::HealthService;
+use crate::http_listener::HttpListener;
 use crate::http_proxy::HttpService;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::plugin::Registry;
 use crate::tcp_proxy::TcpService;
-
-/// Client-side socket buffering for http listeners. pingora's default 64 KiB read buffer is
-/// sized for TLS records; plain HTTP requests are small, and every idle kept-alive client pays
-/// for this buffer.
-const HTTP_BUFFERS: L4BufferSettings = L4BufferSettings {
-    read: Some(4 * 1024),
-    write: None,
-};
 
 /// tcp listeners: unbuffered; the relay copies with its own buffers, so a pingora buffer in
 /// front of it would only add a copy.
@@ -83,15 +76,8 @@ pub fn build(cfg: &Config) -> Result<Server, String> {
         let name = format!("{} ({})", s.name, s.mode.as_str());
         match s.mode {
             Mode::Http => {
-                let mut svc = pingora::proxy::http_proxy_service_with_name(
-                    &conf,
-                    HttpService::new(b.clone()),
-                    &name,
-                );
-                for l in &s.listen {
-                    svc.add_listener(ListenerConfig::tcp(l.to_string()).l4_buffer(HTTP_BUFFERS));
-                }
-                server.add_service(svc);
+                let proxy = pingora::proxy::http_proxy(&conf, HttpService::new(b.clone()));
+                server.add_service(HttpListener::bind(name, &s.listen, proxy, s.idle_timeout)?);
             }
             Mode::Tcp => {
                 let mut svc = Service::new(name, TcpService::new(b.clone()));

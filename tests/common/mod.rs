@@ -90,6 +90,10 @@ impl Proxy {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -196,6 +200,10 @@ async fn serve_http(
         }
         let (status, body) = if path == "/health" {
             (health.load(Ordering::SeqCst), String::new())
+        } else if path == "/echo" {
+            (200, String::from_utf8_lossy(&body).into_owned())
+        } else if let Some(n) = path.strip_prefix("/big/") {
+            (200, "x".repeat(n.parse().unwrap_or(0)))
         } else {
             if let Some(ms) = path.strip_prefix("/slow/") {
                 tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
@@ -266,6 +274,32 @@ impl Client {
         req.push_str("\r\n");
         self.w.write_all(req.as_bytes()).await?;
         self.read_response().await
+    }
+
+    /// Sends a request with a body (`Content-Length`) and reads the response.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.w.write_all(head.as_bytes()).await?;
+        self.w.write_all(body).await?;
+        self.read_response().await
+    }
+
+    /// Waits until the proxy closes the connection; false if it is still open at `limit`
+    /// or sends anything.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(limit, self.r.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 
     pub async fn read_response(&mut self) -> std::io::Result<Response> {

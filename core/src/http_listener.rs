@@ -1,0 +1,377 @@
+//! Accepts HTTP client connections and holds silent ones cheaply.
+//!
+//! pingora's own listener gives every connection buffered stream state and enters the proxy's
+//! request future at once, so a client that is connected but silent (before its first request,
+//! or between keep-alive requests) holds about 27 KiB: the boxed request future, a 4 KiB header
+//! buffer and stream buffers. This listener waits for a request's first bytes on the bare
+//! socket's readiness, and only then builds the pingora session and runs the proxy through
+//! [`HttpServerApp::process_new_http`] (pingora's entry point for custom accept loops). A silent
+//! client costs its task, its socket registration and a little bookkeeping, as in HAProxy, and
+//! the request path is unchanged: no extra system call per request.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora::protocols::{SocketDigest, Stream};
+use pingora::proxy::HttpProxy;
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::http_proxy::HttpService;
+use crate::logging::RateLimit;
+
+/// Pending connections the kernel queues per listener (pingora's listener uses the same).
+const BACKLOG: i32 = 65535;
+
+/// The listening service of one `mode = "http"` service.
+pub struct HttpListener {
+    name: String,
+    sockets: Vec<std::net::TcpListener>,
+    proxy: Arc<HttpProxy<HttpService>>,
+    idle_timeout: Duration,
+}
+
+/// What every connection of a service needs.
+struct Shared {
+    proxy: Arc<HttpProxy<HttpService>>,
+    idle_timeout: Duration,
+    keepalive_secs: u64,
+    /// The server's; the proxy reads it to stop keep-alive while shutting down.
+    shutdown: ShutdownWatch,
+    stopping: StopSignal,
+    accept_errors: RateLimit,
+}
+
+impl HttpListener {
+    /// Binds every address now, so that a busy or forbidden address is an error at start-up
+    /// naming the service, not a log line after it.
+    pub fn bind(
+        name: String,
+        addrs: &[SocketAddr],
+        proxy: HttpProxy<HttpService>,
+        idle_timeout: Duration,
+    ) -> Result<Self, String> {
+        let sockets = addrs
+            .iter()
+            .map(|a| listen(*a).map_err(|e| format!("service {name}: cannot listen on {a}: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(HttpListener {
+            name,
+            sockets,
+            proxy: Arc::new(proxy),
+            idle_timeout,
+        })
+    }
+}
+
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+#[async_trait]
+impl Service for HttpListener {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let shared = Arc::new(Shared {
+            proxy: self.proxy.clone(),
+            idle_timeout: self.idle_timeout,
+            keepalive_secs: self.idle_timeout.as_secs().max(1),
+            shutdown: shutdown.clone(),
+            stopping: StopSignal::new(),
+            accept_errors: RateLimit::default(),
+        });
+        let mut loops = Vec::new();
+        for s in self.sockets.drain(..) {
+            match TcpListener::from_std(s) {
+                Ok(l) => loops.push(tokio::spawn(accept_loop(l, shared.clone()))),
+                Err(e) => tracing::error!(service = %self.name, "cannot register listener: {e}"),
+            }
+        }
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        for l in &loops {
+            l.abort();
+        }
+        shared.stopping.fire();
+        shared.proxy.http_cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                tokio::spawn(serve(tcp, peer, shared.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning on the error.
+                if shared.accept_errors.allow() {
+                    tracing::warn!("accept failed: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// One client connection: wait for bytes, run one request through the proxy, repeat while the
+/// connection is kept alive. Between requests only the socket and the session's settings live.
+async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let key = tcp.as_raw_fd() as usize;
+    let tcp = Arc::new(tcp);
+    let mut first = true;
+    let mut settings: Option<HttpPersistentSettings> = None;
+    loop {
+        // pingora's request pipelining is off (its default), so after a response no request
+        // bytes sit in a buffer: the socket's readiness tells whether the client spoke.
+        if !wait_for_request(&tcp, first, key, &shared).await {
+            return;
+        }
+        first = false;
+        let mut session = ServerSession::new_http1(client_stream(&tcp, peer));
+        match settings.take() {
+            Some(s) => s.apply_to_session(&mut session),
+            None => session.set_keepalive(Some(shared.keepalive_secs)),
+        }
+        match shared
+            .proxy
+            .process_new_http(session, &shared.shutdown)
+            .await
+        {
+            // pingora's stream wrapper is dropped and rebuilt for the next request (three small
+            // allocations) so that a kept-alive connection holds only the socket meanwhile.
+            Some(reused) => settings = reused.consume().1,
+            None => return,
+        }
+        if shared.stopping.is_set() {
+            return;
+        }
+    }
+}
+
+/// pingora's view of the client socket, with the peer address from `accept` filled in so that
+/// pingora never asks the kernel for it.
+fn client_stream(tcp: &Arc<TcpStream>, peer: SocketAddr) -> Stream {
+    let socket = ClientSocket {
+        tcp: tcp.clone(),
+        out: Vec::new(),
+        sent: 0,
+    };
+    let mut stream: Stream = Box::new(L4Stream::from(VirtualSocketStream::new(Box::new(socket))));
+    let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(PeerAddr::Inet(peer)));
+    stream.set_socket_digest(digest);
+    stream
+}
+
+/// Waits until the client sends something; false when it stays silent for the idle timeout,
+/// the socket fails, or the service is stopping.
+async fn wait_for_request(tcp: &TcpStream, first: bool, key: usize, shared: &Shared) -> bool {
+    let stopped = shared.stopping.wait(key);
+    tokio::pin!(stopped);
+    tokio::select! {
+        biased;
+        r = tokio::time::timeout(shared.idle_timeout, async {
+            if first {
+                // tokio marks an accepted socket readable before any event, so ask the socket.
+                tcp.peek(&mut [0u8]).await.map(|n| n > 0)
+            } else {
+                // A drained socket lost its readiness on the last read (see ClientSocket).
+                tcp.readable().await.map(|()| true)
+            }
+        }) => matches!(r, Ok(Ok(true))),
+        _ = &mut stopped => false,
+    }
+}
+
+/// Tells parked connections that the service is stopping. Waiters are spread over shards so
+/// that connections parking and waking on different threads do not contend on one lock.
+struct StopSignal {
+    set: AtomicBool,
+    shards: Box<[Notify]>,
+}
+
+impl StopSignal {
+    fn new() -> Self {
+        StopSignal {
+            set: AtomicBool::new(false),
+            shards: (0..16).map(|_| Notify::new()).collect(),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    fn fire(&self) {
+        self.set.store(true, Ordering::Release);
+        for s in self.shards.iter() {
+            s.notify_waiters();
+        }
+    }
+
+    /// `key` spreads waiters over the shards (a connection's descriptor will do).
+    async fn wait(&self, key: usize) {
+        let notified = self.shards[key % self.shards.len()].notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a fire in between is not missed.
+        notified.as_mut().enable();
+        if self.is_set() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Writes up to this size are gathered until pingora flushes.
+const GATHER: usize = 16 * 1024;
+
+/// The client socket as pingora sees it. The socket is shared with the connection task, which
+/// waits on its readiness between requests.
+#[derive(Debug)]
+struct ClientSocket {
+    tcp: Arc<TcpStream>,
+    /// Gathered writes, and how much of them has been sent.
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl VirtualSocket for ClientSocket {
+    fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
+        match opt {
+            VirtualSockOpt::NoDelay => self.tcp.set_nodelay(true),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for ClientSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let tcp = &*self.tcp;
+        loop {
+            ready!(tcp.poll_read_ready(cx))?;
+            // SAFETY: recv only writes into the slice; assume_init below covers exactly the
+            // bytes it reported.
+            let unfilled: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
+            let want = unfilled.len();
+            let mut got = 0;
+            let r = tcp.try_io(Interest::READABLE, || {
+                got = SockRef::from(tcp).recv(unfilled)?;
+                // A short read drained the socket: report "would block" so tokio forgets the
+                // readiness and the next wait sleeps until new bytes arrive (as tokio's own
+                // read does), keeping the bytes read.
+                if got > 0 && got < want {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => continue,
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Poll::Ready(Err(e)),
+                _ => {}
+            }
+            // SAFETY: recv initialised `got` bytes of the unfilled part.
+            unsafe { buf.assume_init(got) };
+            buf.advance(got);
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+impl AsyncWrite for ClientSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // pingora writes a response's header and body separately and then flushes: gather
+        // small writes so that a small response leaves in one segment and one system call.
+        if self.out.len() + buf.len() <= GATHER {
+            self.out.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        ready!(self.as_mut().poll_flush(cx))?;
+        if buf.len() <= GATHER {
+            self.out.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let tcp = &*self.tcp;
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        while me.sent < me.out.len() {
+            ready!(me.tcp.poll_write_ready(cx))?;
+            match me.tcp.try_write(&me.out[me.sent..]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => me.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // Released, not kept: a kept-alive connection waits for its next request without it.
+        me.out = Vec::new();
+        me.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Poll::Ready(
+            match SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                r => r,
+            },
+        )
+    }
+}
