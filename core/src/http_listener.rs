@@ -96,6 +96,8 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 #[async_trait]
 impl Service for HttpListener {
+    /// `_fds` is pingora's hand-over of listening sockets for a zero-downtime binary upgrade,
+    /// which Plugboard does not offer (yet); the sockets were bound in [`HttpListener::bind`].
     async fn start_service(
         &mut self,
         _fds: Option<ListenFds>,
