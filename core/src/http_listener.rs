@@ -14,7 +14,6 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -32,7 +31,6 @@ use pingora::services::Service;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 
 use crate::http_proxy::HttpService;
 use crate::logging::RateLimit;
@@ -53,9 +51,9 @@ struct Shared {
     proxy: Arc<HttpProxy<HttpService>>,
     idle_timeout: Duration,
     keepalive_secs: u64,
-    /// The server's; the proxy reads it to stop keep-alive while shutting down.
+    /// The server's: the proxy reads it to stop keep-alive while shutting down, and parked
+    /// connections wait on it (a tokio watch, whose waiters are already spread over shards).
     shutdown: ShutdownWatch,
-    stopping: StopSignal,
     accept_errors: RateLimit,
 }
 
@@ -109,7 +107,6 @@ impl Service for HttpListener {
             idle_timeout: self.idle_timeout,
             keepalive_secs: self.idle_timeout.as_secs().max(1),
             shutdown: shutdown.clone(),
-            stopping: StopSignal::new(),
             accept_errors: RateLimit::default(),
         });
         let mut loops = Vec::new();
@@ -119,15 +116,10 @@ impl Service for HttpListener {
                 Err(e) => tracing::error!(service = %self.name, "cannot register listener: {e}"),
             }
         }
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
+        stopping(&mut shutdown).await;
         for l in &loops {
             l.abort();
         }
-        shared.stopping.fire();
         shared.proxy.http_cleanup().await;
     }
 
@@ -157,14 +149,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// connection is kept alive. Between requests only the socket and the session's settings live.
 async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let key = tcp.as_raw_fd() as usize;
     let tcp = Arc::new(tcp);
+    let mut shutdown = shared.shutdown.clone();
     let mut first = true;
     let mut settings: Option<HttpPersistentSettings> = None;
     loop {
         // pingora's request pipelining is off (its default), so after a response no request
         // bytes sit in a buffer: the socket's readiness tells whether the client spoke.
-        if !wait_for_request(&tcp, first, key, &shared).await {
+        if !wait_for_request(&tcp, first, shared.idle_timeout, &mut shutdown).await {
             return;
         }
         first = false;
@@ -182,9 +174,6 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             // allocations) so that a kept-alive connection holds only the socket meanwhile.
             Some(reused) => settings = reused.consume().1,
             None => return,
-        }
-        if shared.stopping.is_set() {
-            return;
         }
     }
 }
@@ -206,12 +195,15 @@ fn client_stream(tcp: &Arc<TcpStream>, peer: SocketAddr) -> Stream {
 
 /// Waits until the client sends something; false when it stays silent for the idle timeout,
 /// the socket fails, or the service is stopping.
-async fn wait_for_request(tcp: &TcpStream, first: bool, key: usize, shared: &Shared) -> bool {
-    let stopped = shared.stopping.wait(key);
-    tokio::pin!(stopped);
+async fn wait_for_request(
+    tcp: &TcpStream,
+    first: bool,
+    idle_timeout: Duration,
+    shutdown: &mut ShutdownWatch,
+) -> bool {
     tokio::select! {
         biased;
-        r = tokio::time::timeout(shared.idle_timeout, async {
+        r = tokio::time::timeout(idle_timeout, async {
             if first {
                 // tokio marks an accepted socket readable before any event, so ask the socket.
                 tcp.peek(&mut [0u8]).await.map(|n| n > 0)
@@ -220,46 +212,16 @@ async fn wait_for_request(tcp: &TcpStream, first: bool, key: usize, shared: &Sha
                 tcp.readable().await.map(|()| true)
             }
         }) => matches!(r, Ok(Ok(true))),
-        _ = &mut stopped => false,
+        () = stopping(shutdown) => false,
     }
 }
 
-/// Tells parked connections that the service is stopping. Waiters are spread over shards so
-/// that connections parking and waking on different threads do not contend on one lock.
-struct StopSignal {
-    set: AtomicBool,
-    shards: Box<[Notify]>,
-}
-
-impl StopSignal {
-    fn new() -> Self {
-        StopSignal {
-            set: AtomicBool::new(false),
-            shards: (0..16).map(|_| Notify::new()).collect(),
-        }
-    }
-
-    fn is_set(&self) -> bool {
-        self.set.load(Ordering::Acquire)
-    }
-
-    fn fire(&self) {
-        self.set.store(true, Ordering::Release);
-        for s in self.shards.iter() {
-            s.notify_waiters();
-        }
-    }
-
-    /// `key` spreads waiters over the shards (a connection's descriptor will do).
-    async fn wait(&self, key: usize) {
-        let notified = self.shards[key % self.shards.len()].notified();
-        tokio::pin!(notified);
-        // Registered before the flag is read, so a fire in between is not missed.
-        notified.as_mut().enable();
-        if self.is_set() {
+/// Resolves once the server is shutting down (or gone).
+async fn stopping(shutdown: &mut ShutdownWatch) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
             return;
         }
-        notified.await;
     }
 }
 
@@ -331,11 +293,9 @@ impl AsyncWrite for ClientSocket {
     ) -> Poll<io::Result<usize>> {
         // pingora writes a response's header and body separately and then flushes: gather
         // small writes so that a small response leaves in one segment and one system call.
-        if self.out.len() + buf.len() <= GATHER {
-            self.out.extend_from_slice(buf);
-            return Poll::Ready(Ok(buf.len()));
+        if self.out.len() + buf.len() > GATHER {
+            ready!(self.as_mut().poll_flush(cx))?;
         }
-        ready!(self.as_mut().poll_flush(cx))?;
         if buf.len() <= GATHER {
             self.out.extend_from_slice(buf);
             return Poll::Ready(Ok(buf.len()));
