@@ -3,7 +3,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -434,26 +434,70 @@ async fn large_bodies_pass_both_ways_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_clients_are_closed_after_idle_timeout() {
     let a = HttpBackend::start().await;
+    for timeout in ["800ms", "3s"] {
+        // 800 ms: closed while waiting in its task; 3 s: parked after 1 s, closed from the lot.
+        let listen = free_addr();
+        let _p = Proxy::start(
+            &service(
+                listen,
+                &format!("idle_timeout = \"{timeout}\""),
+                &[(a.addr, 1)],
+            ),
+            listen,
+        )
+        .await;
+        let limit: Duration = humantime::parse_duration(timeout).unwrap();
+        let start = Instant::now();
+        // Never sends a request.
+        let mut silent = Client::connect(listen).await.unwrap();
+        // Kept alive after one request.
+        let mut idle = Client::connect(listen).await.unwrap();
+        idle.get("/", &[]).await.unwrap();
+        // Busy: a request every 2/3 of the timeout keeps it open past the timeout.
+        let mut busy = Client::connect(listen).await.unwrap();
+        for _ in 0..4 {
+            busy.get("/", &[]).await.unwrap();
+            tokio::time::sleep(limit * 2 / 3).await;
+        }
+        assert!(silent.closed_within(Duration::from_secs(5)).await);
+        assert!(idle.closed_within(Duration::from_secs(5)).await);
+        assert!(start.elapsed() < limit * 8 / 3 + Duration::from_secs(5));
+        assert_eq!(busy.get("/", &[]).await.unwrap().status, 200, "{timeout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_served_after_being_parked() {
+    let (a, b) = (HttpBackend::start().await, HttpBackend::start().await);
     let listen = free_addr();
     let _p = Proxy::start(
-        &service(listen, "idle_timeout = \"1s\"", &[(a.addr, 1)]),
+        &service(
+            listen,
+            "idle_timeout = \"20s\"",
+            &[(a.addr, 1), (b.addr, 1)],
+        ),
         listen,
     )
     .await;
-    // Never sends a request.
     let mut silent = Client::connect(listen).await.unwrap();
-    // Kept alive after one request.
-    let mut idle = Client::connect(listen).await.unwrap();
-    idle.get("/", &[]).await.unwrap();
-    // Busy: a request every 300 ms keeps it open past the timeout.
-    let mut busy = Client::connect(listen).await.unwrap();
-    for _ in 0..6 {
-        busy.get("/", &[]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut kept = Client::connect(listen).await.unwrap();
+    assert_eq!(kept.get("/", &[]).await.unwrap().status, 200);
+    let body = "p".repeat(200_000);
+    for round in 0..2 {
+        // Longer than PARK_AFTER (1 s): both wait in the parking lot, outside any task.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let r = silent.get("/", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "round {round}");
+        let r = kept.send("POST", "/echo", body.as_bytes()).await.unwrap();
+        assert_eq!((r.status, r.body.len()), (200, body.len()), "round {round}");
+        assert_eq!(r.body, body);
     }
-    assert!(silent.closed_within(Duration::from_secs(5)).await);
-    assert!(idle.closed_within(Duration::from_secs(5)).await);
-    assert_eq!(busy.get("/", &[]).await.unwrap().status, 200);
+    // Still balanced round robin and kept alive across parking.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(kept.get("/", &[]).await.unwrap().body);
+    }
+    assert_eq!(seen.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,6 +507,10 @@ async fn shutdown_closes_idle_connections_at_once() {
     let cfg = service(listen, "", &[(a.addr, 1)])
         .replace("[proxy]\n", "[proxy]\ngrace_period = \"30s\"\n");
     let p = Proxy::start(&cfg, listen).await;
+    let mut parked_idle = Client::connect(listen).await.unwrap();
+    parked_idle.get("/", &[]).await.unwrap();
+    let mut parked_silent = Client::connect(listen).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut idle = Client::connect(listen).await.unwrap();
     idle.get("/", &[]).await.unwrap();
     let mut silent = Client::connect(listen).await.unwrap();
@@ -473,8 +521,9 @@ async fn shutdown_closes_idle_connections_at_once() {
         .unwrap();
     assert!(status.success());
     // Well inside the 30 s grace period: idle connections need no grace.
-    assert!(idle.closed_within(Duration::from_secs(5)).await);
-    assert!(silent.closed_within(Duration::from_secs(5)).await);
+    for c in [&mut idle, &mut silent, &mut parked_idle, &mut parked_silent] {
+        assert!(c.closed_within(Duration::from_secs(5)).await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

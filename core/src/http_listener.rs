@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::http_proxy::HttpService;
 use crate::logging::RateLimit;
+use crate::parking::{LotWatcher, ParkingLot, PARK_AFTER};
 
 /// Pending connections the kernel queues per listener (pingora's listener uses the same).
 const BACKLOG: i32 = 65535;
@@ -44,6 +45,7 @@ pub struct HttpListener {
     sockets: Vec<std::net::TcpListener>,
     proxy: Arc<HttpProxy<HttpService>>,
     idle_timeout: Duration,
+    lot: Option<(ParkingLot<Conn>, LotWatcher<Conn>)>,
 }
 
 /// What every connection of a service needs.
@@ -55,6 +57,7 @@ struct Shared {
     /// connections wait on it (a tokio watch, whose waiters are already spread over shards).
     shutdown: ShutdownWatch,
     accept_errors: RateLimit,
+    lot: ParkingLot<Conn>,
 }
 
 impl HttpListener {
@@ -70,11 +73,14 @@ impl HttpListener {
             .iter()
             .map(|a| listen(*a).map_err(|e| format!("service {name}: cannot listen on {a}: {e}")))
             .collect::<Result<_, _>>()?;
+        let lot = ParkingLot::new()
+            .map_err(|e| format!("service {name}: cannot make an epoll set: {e}"))?;
         Ok(HttpListener {
             name,
             sockets,
             proxy: Arc::new(proxy),
             idle_timeout,
+            lot: Some(lot),
         })
     }
 }
@@ -102,12 +108,20 @@ impl Service for HttpListener {
         mut shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
+        let Some((lot, watcher)) = self.lot.take() else {
+            return;
+        };
         let shared = Arc::new(Shared {
             proxy: self.proxy.clone(),
             idle_timeout: self.idle_timeout,
             keepalive_secs: self.idle_timeout.as_secs().max(1),
             shutdown: shutdown.clone(),
             accept_errors: RateLimit::default(),
+            lot,
+        });
+        let woken = shared.clone();
+        watcher.start(shutdown.clone(), move |tcp, conn| {
+            tokio::spawn(serve(tcp, conn, true, woken.clone()));
         });
         let mut loops = Vec::new();
         for s in self.sockets.drain(..) {
@@ -132,7 +146,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                tokio::spawn(serve(tcp, peer, shared.clone()));
+                let _ = tcp.set_nodelay(true);
+                let conn = Conn {
+                    peer,
+                    settings: None,
+                    idle_since: Instant::now(),
+                };
+                tokio::spawn(serve(tcp, conn, false, shared.clone()));
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning on the error.
@@ -145,23 +165,41 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// What a connection carries from one request to the next, in its task or parked.
+struct Conn {
+    peer: SocketAddr,
+    /// pingora's keep-alive state after the last response; `None` before the first request.
+    settings: Option<HttpPersistentSettings>,
+    /// When the last response was sent (or the connection accepted).
+    idle_since: Instant,
+}
+
 /// One client connection: wait for bytes, run one request through the proxy, repeat while the
-/// connection is kept alive. Between requests only the socket and the session's settings live.
-async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = tcp.set_nodelay(true);
+/// connection is kept alive. Between requests only the socket and [`Conn`] live; after
+/// [`PARK_AFTER`] of silence the connection leaves this task for the parking lot. `ready`: the
+/// client has already spoken (woken from the lot).
+async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shared>) {
     let tcp = Arc::new(tcp);
     let mut shutdown = shared.shutdown.clone();
-    let mut first = true;
-    let mut settings: Option<HttpPersistentSettings> = None;
     loop {
         // pingora's request pipelining is off (its default), so after a response no request
         // bytes sit in a buffer: the socket's readiness tells whether the client spoke.
-        if !wait_for_request(&tcp, first, shared.idle_timeout, &mut shutdown).await {
-            return;
+        if !ready {
+            match wait_for_request(&tcp, &conn, &shared, &mut shutdown).await {
+                Wait::Request => {}
+                Wait::Close => return,
+                Wait::Park => {
+                    if let Ok(tcp) = Arc::try_unwrap(tcp) {
+                        let deadline = conn.idle_since + shared.idle_timeout;
+                        shared.lot.park(tcp, deadline, conn);
+                    }
+                    return;
+                }
+            }
         }
-        first = false;
-        let mut session = ServerSession::new_http1(client_stream(&tcp, peer));
-        match settings.take() {
+        ready = false;
+        let mut session = ServerSession::new_http1(client_stream(&tcp, conn.peer));
+        match conn.settings.take() {
             Some(s) => s.apply_to_session(&mut session),
             None => session.set_keepalive(Some(shared.keepalive_secs)),
         }
@@ -172,7 +210,10 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         {
             // pingora's stream wrapper is dropped and rebuilt for the next request (three small
             // allocations) so that a kept-alive connection holds only the socket meanwhile.
-            Some(reused) => settings = reused.consume().1,
+            Some(reused) => {
+                conn.settings = reused.consume().1;
+                conn.idle_since = Instant::now();
+            }
             None => return,
         }
     }
@@ -193,31 +234,45 @@ fn client_stream(tcp: &Arc<TcpStream>, peer: SocketAddr) -> Stream {
     stream
 }
 
-/// Waits until the client sends something; false when it stays silent for the idle timeout,
-/// the socket fails, or the service is stopping.
+enum Wait {
+    /// The client sent something (or closed: the proxy will see it).
+    Request,
+    /// Silent for [`PARK_AFTER`], its idle timeout not yet reached.
+    Park,
+    /// Silent for the idle timeout, the socket failed, or the service is stopping.
+    Close,
+}
+
+/// Waits until the client sends something, for [`PARK_AFTER`] at most.
 async fn wait_for_request(
     tcp: &TcpStream,
-    first: bool,
-    idle_timeout: Duration,
+    conn: &Conn,
+    shared: &Shared,
     shutdown: &mut ShutdownWatch,
-) -> bool {
+) -> Wait {
+    let close_at = conn.idle_since + shared.idle_timeout;
+    let park_at = conn.idle_since + PARK_AFTER;
     tokio::select! {
         biased;
-        r = tokio::time::timeout(idle_timeout, async {
-            if first {
+        r = tokio::time::timeout_at(close_at.min(park_at).into(), async {
+            if conn.settings.is_none() {
                 // tokio marks an accepted socket readable before any event, so ask the socket.
                 tcp.peek(&mut [0u8]).await.map(|n| n > 0)
             } else {
                 // A drained socket lost its readiness on the last read (see ClientSocket).
                 tcp.readable().await.map(|()| true)
             }
-        }) => matches!(r, Ok(Ok(true))),
-        () = stopping(shutdown) => false,
+        }) => match r {
+            Ok(Ok(true)) => Wait::Request,
+            Err(_) if park_at < close_at => Wait::Park,
+            _ => Wait::Close,
+        },
+        () = stopping(shutdown) => Wait::Close,
     }
 }
 
 /// Resolves once the server is shutting down (or gone).
-async fn stopping(shutdown: &mut ShutdownWatch) {
+pub(crate) async fn stopping(shutdown: &mut ShutdownWatch) {
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
             return;
