@@ -528,16 +528,7 @@ async fn shutdown_closes_idle_connections_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_listen_address_is_refused_at_start() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = taken.local_addr().unwrap();
-    let (_dir, path) = write_config(&service(listen, "", &[(free_addr(), 1)]));
-    let out = std::process::Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let (listen, err) = refused_on_busy_address(|l| service(l, "", &[(free_addr(), 1)]));
     assert!(
         err.contains(&format!("cannot listen on {listen}")) && err.contains("service http-svc"),
         "{err}"

@@ -195,6 +195,60 @@ async fn carries_one_mebibyte_both_ways_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_half_close_reaches_client_and_client_can_still_send() {
+    // A backend that says "bye", closes its sending side at once, then reads to the end.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = backend.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // Every connection, the proxy's start-up probe included.
+        while let Ok((mut s, _)) = backend.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = s.write_all(b"bye").await;
+                let _ = s.shutdown().await;
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = tx.send(got);
+            });
+        }
+    });
+    let listen = free_addr();
+    let _p = Proxy::start(&service(listen, "", &[(addr, 1)]), listen).await;
+    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let mut first = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut first))
+        .await
+        .expect("the backend's FIN did not reach the client")
+        .unwrap();
+    assert_eq!(first, b"bye");
+    // The other direction is still open: bytes sent after the FIN arrive, then ours closes it.
+    let late = vec![b'x'; 100_000];
+    c.write_all(&late).await.unwrap();
+    c.shutdown().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rx.recv().await {
+                Some(got) if got.is_empty() => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the client's FIN did not reach the backend");
+    assert_eq!(got.map(|g| g.len()), Some(late.len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_listen_address_is_refused_at_start() {
+    let (listen, err) = refused_on_busy_address(|l| service(l, "", &[(free_addr(), 1)]));
+    assert!(
+        err.contains(&format!("cannot listen on {listen}")) && err.contains("service tcp-svc"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_backend_gets_nothing() {
     let a = TcpBackend::start().await;
     let b = TcpBackend::start().await;

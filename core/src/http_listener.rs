@@ -30,14 +30,11 @@ use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::http_proxy::HttpService;
-use crate::logging::RateLimit;
+use crate::listener::{self, stopping};
 use crate::parking::{LotWatcher, ParkingLot, PARK_AFTER};
-
-/// Pending connections the kernel queues per listener (pingora's listener uses the same).
-const BACKLOG: i32 = 65535;
 
 /// The listening service of one `mode = "http"` service.
 pub struct HttpListener {
@@ -56,7 +53,6 @@ struct Shared {
     /// The server's: the proxy reads it to stop keep-alive while shutting down, and parked
     /// connections wait on it (a tokio watch, whose waiters are already spread over shards).
     shutdown: ShutdownWatch,
-    accept_errors: RateLimit,
     lot: ParkingLot<Conn>,
 }
 
@@ -69,10 +65,7 @@ impl HttpListener {
         proxy: HttpProxy<HttpService>,
         idle_timeout: Duration,
     ) -> Result<Self, String> {
-        let sockets = addrs
-            .iter()
-            .map(|a| listen(*a).map_err(|e| format!("service {name}: cannot listen on {a}: {e}")))
-            .collect::<Result<_, _>>()?;
+        let sockets = listener::bind(&name, addrs)?;
         let lot = ParkingLot::new()
             .map_err(|e| format!("service {name}: cannot make an epoll set: {e}"))?;
         Ok(HttpListener {
@@ -85,19 +78,6 @@ impl HttpListener {
     }
 }
 
-fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(BACKLOG)?;
-    Ok(s.into())
-}
-
 #[async_trait]
 impl Service for HttpListener {
     /// `_fds` is pingora's hand-over of listening sockets for a zero-downtime binary upgrade,
@@ -105,7 +85,7 @@ impl Service for HttpListener {
     async fn start_service(
         &mut self,
         _fds: Option<ListenFds>,
-        mut shutdown: ShutdownWatch,
+        shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
         let Some((lot, watcher)) = self.lot.take() else {
@@ -116,52 +96,28 @@ impl Service for HttpListener {
             idle_timeout: self.idle_timeout,
             keepalive_secs: self.idle_timeout.as_secs().max(1),
             shutdown: shutdown.clone(),
-            accept_errors: RateLimit::default(),
             lot,
         });
         let woken = shared.clone();
         watcher.start(shutdown.clone(), move |tcp, conn| {
             tokio::spawn(serve(tcp, conn, true, woken.clone()));
         });
-        let mut loops = Vec::new();
-        for s in self.sockets.drain(..) {
-            match TcpListener::from_std(s) {
-                Ok(l) => loops.push(tokio::spawn(accept_loop(l, shared.clone()))),
-                Err(e) => tracing::error!(service = %self.name, "cannot register listener: {e}"),
-            }
-        }
-        stopping(&mut shutdown).await;
-        for l in &loops {
-            l.abort();
-        }
+        let accepted = shared.clone();
+        let sockets = std::mem::take(&mut self.sockets);
+        listener::serve(&self.name, sockets, shutdown, move |tcp, peer| {
+            let conn = Conn {
+                peer,
+                settings: None,
+                idle_since: Instant::now(),
+            };
+            tokio::spawn(serve(tcp, conn, false, accepted.clone()));
+        })
+        .await;
         shared.proxy.http_cleanup().await;
     }
 
     fn name(&self) -> &str {
         &self.name
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let conn = Conn {
-                    peer,
-                    settings: None,
-                    idle_since: Instant::now(),
-                };
-                tokio::spawn(serve(tcp, conn, false, shared.clone()));
-            }
-            Err(e) => {
-                // Out of descriptors or memory: back off instead of spinning on the error.
-                if shared.accept_errors.allow() {
-                    tracing::warn!("accept failed: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
     }
 }
 
@@ -268,15 +224,6 @@ async fn wait_for_request(
             _ => Wait::Close,
         },
         () = stopping(shutdown) => Wait::Close,
-    }
-}
-
-/// Resolves once the server is shutting down (or gone).
-pub(crate) async fn stopping(shutdown: &mut ShutdownWatch) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
     }
 }
 

@@ -138,7 +138,7 @@ async fn watch<T>(
         let next_deadline = lot.deadlines.peek().map(|Reverse((d, _, _))| *d);
         tokio::select! {
             biased;
-            () = crate::http_listener::stopping(&mut shutdown) => return,
+            () = crate::listener::stopping(&mut shutdown) => return,
             parked = rx.recv() => match parked {
                 Some(p) => {
                     lot.add(poll.get_ref(), p);

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -16,13 +15,6 @@ use crate::http_proxy::HttpService;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::plugin::Registry;
 use crate::tcp_proxy::TcpService;
-
-/// tcp listeners: unbuffered; the relay copies with its own buffers, so a pingora buffer in
-/// front of it would only add a copy.
-const TCP_BUFFERS: L4BufferSettings = L4BufferSettings {
-    read: Some(0),
-    write: Some(0),
-};
 
 /// Loads the plugins a configuration refers to (errors at their config lines).
 pub fn load_plugins(
@@ -80,11 +72,7 @@ pub fn build(cfg: &Config) -> Result<Server, String> {
                 server.add_service(HttpListener::bind(name, &s.listen, proxy, s.idle_timeout)?);
             }
             Mode::Tcp => {
-                let mut svc = Service::new(name, TcpService::new(b.clone()));
-                for l in &s.listen {
-                    svc.add_listener(ListenerConfig::tcp(l.to_string()).l4_buffer(TCP_BUFFERS));
-                }
-                server.add_service(svc);
+                server.add_service(TcpService::bind(name, &s.listen, b.clone())?);
             }
         }
     }

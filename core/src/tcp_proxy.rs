@@ -1,45 +1,55 @@
-//! L4 mode: a pingora server app that balances TCP connections.
+//! L4 mode: the listening service that balances TCP connections.
 //!
 //! Path of a connection: (1) if the persistence-key hook wants the client's first bytes, read
 //! them until the hook has a whole message or `inspect_timeout` passes; (2) persistence key
 //! and backend choice as in http mode; (3) connect, trying another backend on failure up to
-//! `retries` times; (4) send the inspected bytes unchanged, then copy both ways (half-closes
-//! propagated) until both sides are done or nothing moved for `idle_timeout`.
+//! `retries` times; (4) send the inspected bytes unchanged, then copy both ways
+//! ([`crate::relay`]) until both sides are done or nothing moved for `idle_timeout`.
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
-use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::balancer::Balancer;
 use crate::config::Mode;
 use crate::hooks::{KeyOutcome, Request};
+use crate::listener;
+use crate::relay::relay;
 
 /// The largest first message a hook may ask to see.
 pub const MAX_INSPECT_BYTES: usize = 16 * 1024;
 
+/// The listening service of one `mode = "tcp"` service.
 pub struct TcpService {
+    name: String,
+    sockets: Vec<std::net::TcpListener>,
     balancer: Arc<Balancer>,
 }
 
 impl TcpService {
-    pub fn new(balancer: Arc<Balancer>) -> Self {
-        TcpService { balancer }
+    /// Binds every address now, so that a busy or forbidden address is an error at start-up.
+    pub fn bind(
+        name: String,
+        addrs: &[SocketAddr],
+        balancer: Arc<Balancer>,
+    ) -> Result<Self, String> {
+        Ok(TcpService {
+            sockets: listener::bind(&name, addrs)?,
+            name,
+            balancer,
+        })
     }
 
     /// Reads the client's first bytes until the hook is satisfied, the client stops sending,
     /// or the inspect timeout passes. Returns the bytes read (all of them are forwarded).
-    async fn inspect(&self, client: &mut Stream, req: &Request<'_>) -> Vec<u8> {
+    async fn inspect(balancer: &Balancer, client: &mut TcpStream, req: &Request<'_>) -> Vec<u8> {
         let mut buf = Vec::with_capacity(1024);
-        let deadline = tokio::time::Instant::now() + self.balancer.config().inspect_timeout;
+        let deadline = tokio::time::Instant::now() + balancer.config().inspect_timeout;
         let mut chunk = [0u8; 2048];
         loop {
             let read = tokio::time::timeout_at(deadline, client.read(&mut chunk)).await;
@@ -53,7 +63,7 @@ impl TcpService {
                         payload: &buf,
                         ..*req
                     };
-                    if self.balancer.key(&r) != KeyOutcome::NeedMore {
+                    if balancer.key(&r) != KeyOutcome::NeedMore {
                         return buf;
                     }
                 }
@@ -63,41 +73,73 @@ impl TcpService {
         }
     }
 
-    async fn connect(&self, addr: std::net::SocketAddr) -> Option<TcpStream> {
-        let s = tokio::time::timeout(
-            self.balancer.config().connect_timeout,
-            TcpStream::connect(addr),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let _ = s.set_nodelay(true);
-        Some(s)
+    async fn connect(balancer: &Balancer, addr: SocketAddr) -> Option<TcpStream> {
+        tokio::time::timeout(balancer.config().connect_timeout, connect(addr))
+            .await
+            .ok()?
+            .ok()
     }
 }
 
+/// Connects without the `getsockopt(SO_ERROR)` that tokio's connect makes: on Linux a failed
+/// non-blocking connect reports an error or hang-up event with its writability, so the
+/// readiness alone tells (as HAProxy does).
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&addr.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    let tcp = TcpStream::from_std(s.into())?;
+    let ready = tcp.ready(tokio::io::Interest::WRITABLE).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(tcp
+            .take_error()?
+            .unwrap_or_else(|| std::io::ErrorKind::ConnectionRefused.into()));
+    }
+    Ok(tcp)
+}
+
 #[async_trait]
-impl ServerApp for TcpService {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut client: Stream,
-        _shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let b = &self.balancer;
+impl Service for TcpService {
+    /// `_fds`: see [`crate::http_listener::HttpListener`]; the sockets were bound in
+    /// [`TcpService::bind`].
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let balancer = self.balancer.clone();
+        let sockets = std::mem::take(&mut self.sockets);
+        // Relays already running are left to finish; the server ends them after its grace period.
+        listener::serve(&self.name, sockets, shutdown, move |tcp, peer| {
+            tokio::spawn(TcpService::proxy(balancer.clone(), tcp, peer));
+        })
+        .await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl TcpService {
+    /// One client connection, from its first bytes to the end of the relay.
+    async fn proxy(b: Arc<Balancer>, mut client: TcpStream, peer: SocketAddr) {
         let cfg = b.config();
-        let client_addr = client
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let base = Request {
             service: &cfg.name,
             mode: Mode::Tcp,
-            client: client_addr,
+            client: Some(peer),
             http: None,
             payload: &[],
             key: None,
         };
         let payload = if b.wants_payload() {
-            self.inspect(&mut client, &base).await
+            Self::inspect(&b, &mut client, &base).await
         } else {
             Vec::new()
         };
@@ -112,100 +154,25 @@ impl ServerApp for TcpService {
 
         let mut failed = Vec::new();
         let (i, mut server) = loop {
-            let i = b.choose(&req, &outcome, &failed)?;
-            match self.connect(b.pool.get(i).address).await {
+            let Some(i) = b.choose(&req, &outcome, &failed) else {
+                return;
+            };
+            match Self::connect(&b, b.pool.get(i).address).await {
                 Some(s) => break (i, s),
                 None => {
                     b.connect_failed(i);
                     failed.push(i);
                     if failed.len() > cfg.retries as usize {
-                        return None;
+                        return;
                     }
                 }
             }
         };
         let _active = b.pool.acquire(i);
         if !payload.is_empty() && server.write_all(&payload).await.is_err() {
-            return None;
+            return;
         }
         drop(payload);
-        relay(client, &mut server, cfg.idle_timeout).await;
-        None
-    }
-}
-
-/// Buffer per direction of a relayed connection: 4x tokio's default, fewer syscalls per
-/// megabyte on bulk transfers (benches/run row 3a).
-const RELAY_BUFFER: usize = 32 * 1024;
-
-/// Copies both ways until both directions are closed or nothing moved for `idle`.
-async fn relay(mut client: Stream, server: &mut TcpStream, idle: Duration) {
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let mut a = Active {
-        inner: &mut client,
-        start,
-        last: &last,
-    };
-    let mut s = Active {
-        inner: server,
-        start,
-        last: &last,
-    };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut s, RELAY_BUFFER, RELAY_BUFFER);
-    let watchdog = async {
-        loop {
-            let since = Duration::from_millis(last.load(Relaxed));
-            let deadline = start + since + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    };
-    tokio::select! {
-        _ = copy => {}
-        _ = watchdog => {
-            tracing::debug!("tcp connection idle for {idle:?}, closing");
-        }
-    }
-}
-
-/// A stream that records when it last read something, for the idle timeout.
-struct Active<'a, S> {
-    inner: S,
-    start: Instant,
-    last: &'a AtomicU64,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Active<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.last
-                .store(self.start.elapsed().as_millis() as u64, Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Active<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        relay(&client, &server, cfg.idle_timeout).await;
     }
 }

@@ -388,6 +388,22 @@ pub fn backends_toml(list: &[(SocketAddr, u32)]) -> String {
 }
 
 /// Writes a config file into a fresh temp dir and returns both.
+/// Runs the binary on a service whose listen address (from `service(listen)`) is already
+/// taken, and returns what it printed on stderr once it has exited with a failure.
+pub fn refused_on_busy_address(service: impl Fn(SocketAddr) -> String) -> (SocketAddr, String) {
+    let taken = StdListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let (_dir, path) = write_config(&service(listen));
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    (listen, err)
+}
+
 pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plugboard.toml");
