@@ -29,12 +29,13 @@ use pingora::proxy::HttpProxy;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::http_proxy::HttpService;
 use crate::listener::{self, stopping};
 use crate::parking::{LotWatcher, ParkingLot, PARK_AFTER};
+use crate::socket;
 
 /// The listening service of one `mode = "http"` service.
 pub struct HttpListener {
@@ -50,8 +51,9 @@ struct Shared {
     proxy: Arc<HttpProxy<HttpService>>,
     idle_timeout: Duration,
     keepalive_secs: u64,
-    /// The server's: the proxy reads it to stop keep-alive while shutting down, and parked
-    /// connections wait on it (a tokio watch, whose waiters are already spread over shards).
+    /// The server's: the proxy reads it to stop keep-alive while shutting down, and waiting
+    /// connections and the parking lot watch it (a tokio watch, whose waiters are already
+    /// spread over shards).
     shutdown: ShutdownWatch,
     lot: ParkingLot<Conn>,
 }
@@ -261,24 +263,11 @@ impl AsyncRead for ClientSocket {
             // SAFETY: recv only writes into the slice; assume_init below covers exactly the
             // bytes it reported.
             let unfilled: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
-            let want = unfilled.len();
-            let mut got = 0;
-            let r = tcp.try_io(Interest::READABLE, || {
-                got = SockRef::from(tcp).recv(unfilled)?;
-                // A short read drained the socket: report "would block" so tokio forgets the
-                // readiness and the next wait sleeps until new bytes arrive (as tokio's own
-                // read does), keeping the bytes read.
-                if got > 0 && got < want {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(())
-                }
-            });
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => continue,
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Poll::Ready(Err(e)),
-                _ => {}
-            }
+            let got = match socket::try_recv(tcp, unfilled) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             // SAFETY: recv initialised `got` bytes of the unfilled part.
             unsafe { buf.assume_init(got) };
             buf.advance(got);

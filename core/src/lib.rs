@@ -22,4 +22,5 @@ pub mod pool;
 pub mod relay;
 pub mod scheduler;
 pub mod server;
+pub mod socket;
 pub mod tcp_proxy;

@@ -116,7 +116,8 @@ struct Lot<T> {
 }
 
 struct Slot<T> {
-    parked: Parked<T>,
+    tcp: std::net::TcpStream,
+    state: T,
     id: u64,
 }
 
@@ -156,12 +157,14 @@ async fn watch<T>(
                     if guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)).is_err() {
                         break;
                     }
+                    let mut n = 0;
                     for e in &events {
+                        n += 1;
                         if let Some((tcp, state)) = lot.take(guard.get_inner(), e.token().0) {
                             wake(tcp, state);
                         }
                     }
-                    if events.iter().count() < EVENTS {
+                    if n < EVENTS {
                         break;
                     }
                 }
@@ -186,10 +189,14 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl<T> Lot<T> {
     fn add(&mut self, poll: &Poll, p: Parked<T>) {
-        let fd = p.tcp.as_raw_fd();
+        let Parked {
+            tcp,
+            deadline,
+            state,
+        } = p;
+        let fd = tcp.as_raw_fd();
         let id = self.next_id;
         self.next_id += 1;
-        let deadline = p.deadline;
         let entry = self.slots.vacant_entry();
         let key = entry.key();
         // Edge-triggered; bytes that arrived before this call are reported by the next poll.
@@ -198,15 +205,14 @@ impl<T> Lot<T> {
             .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
             .is_ok()
         {
-            entry.insert(Slot { parked: p, id });
+            entry.insert(Slot { tcp, state, id });
             self.deadlines.push(Reverse((deadline, id, key)));
         }
     }
 
     /// The connection in `key`, back on tokio's reactor.
     fn take(&mut self, poll: &Poll, key: usize) -> Option<(TcpStream, T)> {
-        let slot = self.slots.try_remove(key)?;
-        let Parked { tcp, state, .. } = slot.parked;
+        let Slot { tcp, state, .. } = self.slots.try_remove(key)?;
         let _ = poll.registry().deregister(&mut SourceFd(&tcp.as_raw_fd()));
         TcpStream::from_std(tcp).ok().map(|tcp| (tcp, state))
     }

@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::socket;
 
 /// Buffer per moving direction: large enough that a bulk transfer needs few system calls per
 /// megabyte (benches/run row 3a).
@@ -100,29 +101,12 @@ async fn pipe(from: &TcpStream, to: &TcpStream, shared: &Shared, dir: usize) -> 
     Ok(())
 }
 
-/// Reads into `buf`'s free capacity. A short read drained the socket, so tokio is told "would
-/// block" to forget the readiness (as its own `poll_read` does): the next wait then sleeps
-/// instead of costing a `recv` that finds nothing.
+/// Reads into `buf`'s free capacity (see [`socket::try_recv`]).
 fn read(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut got = 0;
-    let r = from.try_io(Interest::READABLE, || {
-        let spare = buf.spare_capacity_mut();
-        let want = spare.len();
-        got = SockRef::from(from).recv(spare)?;
-        if got > 0 && got < want {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(())
-        }
-    });
-    match r {
-        Err(e) if !(e.kind() == io::ErrorKind::WouldBlock && got > 0) => Err(e),
-        _ => {
-            // SAFETY: recv initialised `got` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + got) };
-            Ok(got)
-        }
-    }
+    let got = socket::try_recv(from, buf.spare_capacity_mut())?;
+    // SAFETY: recv initialised `got` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + got) };
+    Ok(got)
 }
 
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {

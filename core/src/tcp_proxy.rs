@@ -72,13 +72,6 @@ impl TcpService {
             }
         }
     }
-
-    async fn connect(balancer: &Balancer, addr: SocketAddr) -> Option<TcpStream> {
-        tokio::time::timeout(balancer.config().connect_timeout, connect(addr))
-            .await
-            .ok()?
-            .ok()
-    }
 }
 
 /// Connects without the `getsockopt(SO_ERROR)` that tokio's connect makes: on Linux a failed
@@ -157,9 +150,9 @@ impl TcpService {
             let Some(i) = b.choose(&req, &outcome, &failed) else {
                 return;
             };
-            match Self::connect(&b, b.pool.get(i).address).await {
-                Some(s) => break (i, s),
-                None => {
+            match tokio::time::timeout(cfg.connect_timeout, connect(b.pool.get(i).address)).await {
+                Ok(Ok(s)) => break (i, s),
+                _ => {
                     b.connect_failed(i);
                     failed.push(i);
                     if failed.len() > cfg.retries as usize {
