@@ -92,13 +92,9 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The captured Connection Requests shared with the project (`shared/vectors`).
+/// Captured Connection Requests (`tests/vectors`).
 fn vector(name: &str) -> Vec<u8> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/rdp-connection-requests.txt"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text = include_str!("vectors/rdp-connection-requests.txt");
     let line = text
         .lines()
         .find(|l| l.split_whitespace().next() == Some(name))
@@ -435,7 +431,7 @@ async fn mcx_affinity_cookie_rules_on_the_wire() {
     let cfg = service_toml(
         "http",
         listen,
-        "persistence = { key = \"plugin:mcx-affinity\" }\nhealth_check = { kind = \"tcp\", interval = \"100ms\", timeout = \"200ms\", rise = 1, fall = 1 }\n[service.plugin.mcx-affinity]\nsecret = \"test\"",
+        "persistence = { key = \"plugin:mcx-affinity\" }\nhealth_check = { kind = \"tcp\", interval = \"100ms\", timeout = \"200ms\", rise = 1, fall = 1 }",
         &bs.iter().map(|b| (b.addr, 1)).collect::<Vec<_>>(),
     );
     let p = Proxy::start(&cfg, listen).await;

@@ -9,11 +9,12 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
+use plugboard::balance::hooks::{KeyOutcome, Request};
 use plugboard::config::{Config, Mode};
-use plugboard::hooks::{KeyOutcome, Request};
 
 const BACKENDS: usize = 16;
 
@@ -107,16 +108,18 @@ fn config(dir: &Path, wasm: bool) -> Config {
 fn hooks(c: &mut Criterion) {
     let (dir, wasm) = plugins_dir();
     let cfg = config(&dir.0, wasm);
-    let metrics = plugboard::metrics::Metrics::new();
-    let plugins = plugboard::server::load_plugins(&cfg, &metrics).expect("plugins load");
-    let balancers = plugboard::server::build_balancers(&cfg, &metrics, plugins.as_deref()).unwrap();
+    let built = plugboard::server::Built::new(cfg).expect("plugins load");
+    if let Some(reg) = &built.plugins {
+        reg.warm();
+    }
+    let balancers = &built.balancers;
     let mut header = RequestHeader::build("GET", b"/index.html", None).unwrap();
     header.insert_header("host", "example.test").unwrap();
     header.insert_header("x-user", "alice").unwrap();
     let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 
     let mut g = c.benchmark_group("select-server");
-    for b in &balancers {
+    for b in balancers {
         let req = Request {
             service: &b.config().name,
             mode: Mode::Http,
@@ -132,7 +135,7 @@ fn hooks(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("persistence-key");
-    for b in &balancers {
+    for b in balancers {
         let req = Request {
             service: &b.config().name,
             mode: Mode::Http,
@@ -158,7 +161,7 @@ fn hooks(c: &mut Criterion) {
         let pool = b.pool.clone();
         let target = pool.get(0).address;
         g.bench_function(b.config().name.as_str(), |bench| {
-            bench.iter(|| rt.block_on(check.check(&pool, 0, target)))
+            bench.iter(|| rt.block_on(check.check(&pool, 0, target, Duration::from_secs(1))))
         });
     }
     g.finish();

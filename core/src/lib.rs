@@ -1,26 +1,19 @@
 //! Plugboard: a programmable L4/L7 load-balancing proxy on pingora.
 //!
-//! Every decision goes through one of three hook traits in [`hooks`]: which backend
-//! ([`hooks::SelectServer`]), what makes a client sticky ([`hooks::PersistenceKey`]) and
-//! whether a backend is up ([`hooks::HealthCheck`]). See ARCHITECTURE.md for the path of a
-//! request through the modules.
+//! Every decision goes through one of three hook traits in [`balance::hooks`]: which backend
+//! ([`balance::hooks::SelectServer`]), what makes a client sticky
+//! ([`balance::hooks::PersistenceKey`]) and whether a backend is up
+//! ([`balance::hooks::HealthCheck`]). The tree follows a connection: [`io`] accepts it,
+//! [`proxy`] moves its bytes, [`balance`] chooses its backend, [`health`] watches backends,
+//! [`plugin`] runs WASM and Lua hooks, [`observe`] logs and counts, [`config`] and [`cli`] are
+//! how an administrator drives it, and [`server`] assembles the pieces. See ARCHITECTURE.md.
 
-pub mod balancer;
+pub mod balance;
+pub mod cli;
 pub mod config;
 pub mod health;
-pub mod hooks;
-pub mod http_listener;
-pub mod http_proxy;
-pub mod listener;
-pub mod logging;
-pub mod memory;
-pub mod metrics;
-pub mod parking;
-pub mod persistence;
+pub mod io;
+pub mod observe;
 pub mod plugin;
-pub mod pool;
-pub mod relay;
-pub mod scheduler;
+pub mod proxy;
 pub mod server;
-pub mod socket;
-pub mod tcp_proxy;

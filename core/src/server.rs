@@ -1,4 +1,7 @@
-//! Turns a validated [`Config`] into a running pingora server.
+//! Turns a validated [`Config`] into a running pingora server, in two steps: [`Built::new`]
+//! makes everything the configuration describes once (metrics, plugins compiled and bound,
+//! balancers), which `check` stops after; [`Built::serve`] binds the listeners and wires the
+//! pingora services for `run`.
 
 use std::sync::Arc;
 
@@ -7,86 +10,107 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
-use crate::balancer::Balancer;
-use crate::config::{Config, ConfigErrors, Mode};
+use crate::balance::balancer::{Balancer, HookSource, NoPlugins};
+use crate::config::{Config, Mode};
 use crate::health::HealthService;
-use crate::http_listener::HttpListener;
-use crate::http_proxy::HttpService;
-use crate::metrics::{Metrics, MetricsApp};
-use crate::plugin::Registry;
-use crate::tcp_proxy::TcpService;
+use crate::observe::metrics::{Metrics, MetricsApp};
+use crate::plugin::registry::Registry;
+use crate::proxy::http::listener::HttpListener;
+use crate::proxy::http::phases::HttpService;
+use crate::proxy::tcp::TcpService;
 
-/// Loads the plugins a configuration refers to (errors at their config lines).
-pub fn load_plugins(
-    cfg: &Config,
-    metrics: &Metrics,
-) -> Result<Option<Arc<Registry>>, ConfigErrors> {
-    if cfg.plugin_refs.is_empty() {
-        return Ok(None);
-    }
-    Registry::load(cfg, metrics.plugin_faults()).map(|r| Some(Arc::new(r)))
+/// What a configuration builds before anything listens.
+pub struct Built {
+    pub cfg: Config,
+    pub metrics: Arc<Metrics>,
+    pub plugins: Option<Arc<Registry>>,
+    pub balancers: Vec<Arc<Balancer>>,
 }
 
-/// Builds every service's balancer; an error names the service and what is missing.
-pub fn build_balancers(
-    cfg: &Config,
-    metrics: &Metrics,
-    plugins: Option<&Registry>,
-) -> Result<Vec<Arc<Balancer>>, String> {
-    (0..cfg.services.len())
-        .map(|i| Balancer::new(cfg, i, metrics, plugins).map(Arc::new))
-        .collect()
-}
-
-/// Builds the pingora server: one listening service per configured service, the health
-/// checker, and the metrics endpoint when configured; starts watching the plugins directory.
-pub fn build(cfg: &Config) -> Result<Server, String> {
-    let conf = ServerConf {
-        threads: cfg.proxy.threads,
-        grace_period_seconds: Some(cfg.proxy.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(cfg.proxy.grace_period.as_secs()),
-        pid_file: format!("/tmp/plugboard-{}.pid", std::process::id()),
-        upgrade_sock: format!("/tmp/plugboard-upgrade-{}.sock", std::process::id()),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let conf = server.configuration.clone();
-    let metrics = Arc::new(Metrics::new());
-    let plugins = load_plugins(cfg, &metrics).map_err(|e| e.to_string())?;
-    let balancers = build_balancers(cfg, &metrics, plugins.as_deref())?;
-    if let Some(reg) = &plugins {
-        // Deadlines need the epoch to advance, whether or not a directory is watched.
-        reg.host.start_epoch_ticker();
-        if let Some(dir) = &cfg.proxy.plugins_dir {
-            reg.watch(dir)?;
-        }
-    }
-
-    for b in &balancers {
-        let s = b.config();
-        let name = format!("{} ({})", s.name, s.mode.as_str());
-        match s.mode {
-            Mode::Http => {
-                let proxy = pingora::proxy::http_proxy(&conf, HttpService::new(b.clone()));
-                server.add_service(HttpListener::bind(name, &s.listen, proxy, s.idle_timeout)?);
-            }
-            Mode::Tcp => {
-                server.add_service(TcpService::bind(name, &s.listen, b.clone())?);
-            }
-        }
-    }
-    server.add_service(background_service(
-        "health checks",
-        HealthService {
-            balancers: balancers.clone(),
+impl Built {
+    /// Loads the plugins (errors at their config lines) and builds every service's balancer.
+    pub fn new(cfg: Config) -> Result<Built, String> {
+        let metrics = Arc::new(Metrics::new());
+        let plugins = if cfg.plugin_refs.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                Registry::load(&cfg, metrics.plugins()).map_err(|e| e.to_string())?,
+            ))
+        };
+        let hooks: &dyn HookSource = match &plugins {
+            Some(r) => r.as_ref(),
+            None => &NoPlugins,
+        };
+        let balancers = (0..cfg.services.len())
+            .map(|i| {
+                Balancer::new(&cfg, i, &metrics, hooks)
+                    .map(Arc::new)
+                    .map_err(|e| format!("{}: {e}", cfg.path.display()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Built {
+            cfg,
+            metrics,
             plugins,
-        },
-    ));
-    if let Some(addr) = cfg.proxy.metrics {
-        let mut svc = Service::new("metrics".to_string(), MetricsApp { metrics, balancers });
-        svc.add_tcp(&addr.to_string());
-        server.add_service(svc);
+            balancers,
+        })
     }
-    Ok(server)
+
+    /// Builds the pingora server: one listening service per configured service (listen
+    /// sockets bound now, so a busy address is an error here), the health checker, and the
+    /// metrics endpoint when configured. Plugin instances are made before anything listens,
+    /// and the plugins directory is watched from now on.
+    pub fn serve(self) -> Result<Server, String> {
+        let cfg = &self.cfg;
+        let conf = ServerConf {
+            threads: cfg.proxy.threads,
+            grace_period_seconds: Some(cfg.proxy.grace_period.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(cfg.proxy.grace_period.as_secs()),
+            pid_file: format!("/tmp/plugboard-{}.pid", std::process::id()),
+            upgrade_sock: format!("/tmp/plugboard-upgrade-{}.sock", std::process::id()),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let conf = server.configuration.clone();
+        if let Some(reg) = &self.plugins {
+            reg.warm();
+            if let Some(dir) = &cfg.proxy.plugins_dir {
+                reg.watch(dir)?;
+            }
+        }
+        for b in &self.balancers {
+            let s = b.config();
+            let name = format!("{} ({})", s.name, s.mode.as_str());
+            match s.mode {
+                Mode::Http => {
+                    let proxy = pingora::proxy::http_proxy(&conf, HttpService::new(b.clone()));
+                    server.add_service(HttpListener::bind(name, &s.listen, proxy, s.idle_timeout)?);
+                }
+                Mode::Tcp => {
+                    server.add_service(TcpService::bind(name, &s.listen, b.clone())?);
+                }
+            }
+        }
+        server.add_service(background_service(
+            "health checks",
+            HealthService {
+                balancers: self.balancers.clone(),
+                plugins: self.plugins.clone(),
+            },
+        ));
+        if let Some(addr) = cfg.proxy.metrics {
+            let mut svc = Service::new(
+                "metrics".to_string(),
+                MetricsApp {
+                    metrics: self.metrics.clone(),
+                    balancers: self.balancers.clone(),
+                },
+            );
+            svc.add_tcp(&addr.to_string());
+            server.add_service(svc);
+        }
+        Ok(server)
+    }
 }

@@ -7,7 +7,7 @@
 //! ```
 //! use plugboard_sdk::{export_plugin, Backends, Config, Plugin, Request, SelectServer};
 //!
-//! /// Sends every request to the backend named in the settings while it is healthy.
+//! /// Sends every request to the backend named in the settings while it is available.
 //! struct Pin { address: String }
 //!
 //! impl Plugin for Pin {
@@ -19,7 +19,7 @@
 //!
 //! impl SelectServer for Pin {
 //!     fn select(&mut self, _req: &Request, backends: &Backends) -> Option<usize> {
-//!         backends.find(&self.address).filter(|b| b.healthy()).map(|b| b.index)
+//!         backends.find(&self.address).filter(|b| b.available()).map(|b| b.index)
 //!     }
 //! }
 //!
@@ -120,8 +120,13 @@ impl Request {
     pub fn method(&self) -> Option<String> {
         self.text(5)
     }
+    /// The request target's path, without the query string (see [`Request::query`]).
     pub fn path(&self) -> Option<String> {
         self.text(6)
+    }
+    /// The query string, without `?`; `None` when the target has none.
+    pub fn query(&self) -> Option<String> {
+        self.text(9)
     }
     pub fn host(&self) -> Option<String> {
         self.text(7)
@@ -160,6 +165,14 @@ impl Backends {
     pub fn find(&self, address: &str) -> Option<Backend> {
         self.iter().find(|b| b.address() == address)
     }
+    /// The backend with this name (`[[service.backend]] name`, by default its address).
+    pub fn find_name(&self, name: &str) -> Option<Backend> {
+        self.iter().find(|b| b.name() == name)
+    }
+    /// The backends that can take this request ([`Backend::available`]), in order.
+    pub fn available(&self) -> impl Iterator<Item = Backend> {
+        self.iter().filter(|b| b.available())
+    }
 }
 
 /// One backend; its live state is read from the host on demand.
@@ -175,6 +188,16 @@ impl Backend {
     pub fn address(&self) -> String {
         read_string(|p, c| sys::backend_address(self.index as i32, p, c)).unwrap_or_default()
     }
+    /// The backend's stable name: what persistence and cookies know it by, whatever its
+    /// position in the list.
+    pub fn name(&self) -> String {
+        read_string(|p, c| sys::backend_name(self.index as i32, p, c)).unwrap_or_default()
+    }
+    /// The value a cookie naming this backend carries: a MAC of the service and backend
+    /// names under the proxy's `secret_file`, the same on every instance.
+    pub fn cookie_id(&self) -> String {
+        read_string(|p, c| sys::backend_cookie_id(self.index as i32, p, c)).unwrap_or_default()
+    }
     /// Configured weight.
     pub fn weight(&self) -> u32 {
         self.prop(0).max(0) as u32
@@ -187,9 +210,24 @@ impl Backend {
     pub fn load(&self) -> Option<u8> {
         u8::try_from(self.prop(2)).ok()
     }
-    /// Up, enabled, and not already failed for this request.
+    /// Can take this request, exactly as the proxy's own schedulers decide: health check up,
+    /// enabled, its agent ready and up with a non-zero weight, under its connection limit, and
+    /// not already failed for this request. A pick that is not available is replaced by the
+    /// service's fallback scheduler.
+    pub fn available(&self) -> bool {
+        self.prop(3) == 1
+    }
+    /// The same as [`Backend::available`] (its name in earlier versions).
     pub fn healthy(&self) -> bool {
-        self.prop(3) == 1 && self.prop(4) == 1
+        self.available()
+    }
+    /// The health check's verdict alone.
+    pub fn up(&self) -> bool {
+        self.prop(10) == 1
+    }
+    /// Not disabled in the configuration.
+    pub fn enabled(&self) -> bool {
+        self.prop(4) == 1
     }
     /// Weight in thousandths after slow start and the agent's weight percentage.
     pub fn effective_weight(&self) -> u32 {

@@ -29,6 +29,8 @@ mod wasm {
         pub fn backend_count() -> i32;
         pub fn backend_get(index: i32, prop: i32) -> i64;
         pub fn backend_address(index: i32, buf: *mut u8, cap: i32) -> i32;
+        pub fn backend_name(index: i32, buf: *mut u8, cap: i32) -> i32;
+        pub fn backend_cookie_id(index: i32, buf: *mut u8, cap: i32) -> i32;
         pub fn set_key(ptr: *const u8, len: i32) -> i32;
         pub fn set_backend(index: i32) -> i32;
         pub fn set_load(load: i32) -> i32;
@@ -67,6 +69,8 @@ wrappers! {
     fn backend_count() -> i32;
     fn backend_get(index: i32, prop: i32) -> i64;
     fn backend_address(index: i32, buf: *mut u8, cap: i32) -> i32;
+    fn backend_name(index: i32, buf: *mut u8, cap: i32) -> i32;
+    fn backend_cookie_id(index: i32, buf: *mut u8, cap: i32) -> i32;
     fn set_key(ptr: *const u8, len: i32) -> i32;
     fn set_backend(index: i32) -> i32;
     fn set_load(load: i32) -> i32;

@@ -27,24 +27,46 @@ pub fn response() -> Response {
 /// One backend as the mock host reports it.
 #[derive(Debug, Clone)]
 pub struct MockBackend {
+    /// Default: the address.
+    pub name: String,
     pub address: String,
+    /// Default: `"id-"` and the name (the real host serves a MAC of the name).
+    pub cookie_id: String,
     pub weight: u32,
     pub active: u32,
     pub load: Option<u8>,
+    /// The health check's verdict.
     pub healthy: bool,
     pub enabled: bool,
+    /// What the backend's agent reported (see [`crate::agent`]).
+    pub agent_admin: crate::agent::Admin,
 }
 
 impl MockBackend {
     pub fn new(address: &str) -> Self {
         MockBackend {
+            name: address.into(),
             address: address.into(),
+            cookie_id: format!("id-{address}"),
             weight: 1,
             active: 0,
             load: None,
             healthy: true,
             enabled: true,
+            agent_admin: crate::agent::Admin::Ready,
         }
+    }
+
+    /// The same backend with another name.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self.cookie_id = format!("id-{name}");
+        self
+    }
+
+    /// What the host reports as available: up, enabled, and the agent ready.
+    pub fn available(&self) -> bool {
+        self.healthy && self.enabled && self.agent_admin == crate::agent::Admin::Ready
     }
 }
 
@@ -60,6 +82,7 @@ pub struct Mock {
     pub path: Option<String>,
     pub host: Option<String>,
     pub payload: Option<Vec<u8>>,
+    pub query: Option<String>,
     /// Header names are matched case-insensitively.
     pub headers: Vec<(String, String)>,
     pub cookies: Vec<(String, String)>,
@@ -128,6 +151,7 @@ pub(crate) mod host {
                 6 => m.path.clone().map(String::into_bytes),
                 7 => m.host.clone().map(String::into_bytes),
                 8 => m.payload.clone(),
+                9 => m.query.clone().map(String::into_bytes),
                 _ => None,
             };
             v.map_or(-1, |v| out(buf, cap, &v))
@@ -170,21 +194,40 @@ pub(crate) mod host {
                 0 => b.weight as i64,
                 1 => b.active as i64,
                 2 => b.load.map_or(-1, |l| l as i64),
-                3 => b.healthy as i64,
+                3 => b.available() as i64,
                 4 => b.enabled as i64,
                 5 => b.weight as i64 * 1000,
+                8 => b.agent_admin as i64,
+                10 => b.healthy as i64,
                 _ => -1,
             }
         })
     }
 
-    pub fn backend_address(i: i32, buf: *mut u8, cap: i32) -> i32 {
+    fn backend_text(
+        i: i32,
+        buf: *mut u8,
+        cap: i32,
+        f: impl Fn(&super::MockBackend) -> &str,
+    ) -> i32 {
         MOCK.with(|m| {
             let m = m.borrow();
             m.backends
                 .get(i.max(0) as usize)
-                .map_or(-1, |b| out(buf, cap, b.address.as_bytes()))
+                .map_or(-1, |b| out(buf, cap, f(b).as_bytes()))
         })
+    }
+
+    pub fn backend_address(i: i32, buf: *mut u8, cap: i32) -> i32 {
+        backend_text(i, buf, cap, |b| &b.address)
+    }
+
+    pub fn backend_name(i: i32, buf: *mut u8, cap: i32) -> i32 {
+        backend_text(i, buf, cap, |b| &b.name)
+    }
+
+    pub fn backend_cookie_id(i: i32, buf: *mut u8, cap: i32) -> i32 {
+        backend_text(i, buf, cap, |b| &b.cookie_id)
     }
 
     pub fn set_key(p: *const u8, len: i32) -> i32 {

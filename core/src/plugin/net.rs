@@ -1,5 +1,7 @@
 //! Network I/O that health-check plugins may do through host functions. Blocking, with
-//! timeouts: health checks run on a plugin health thread, never on a worker thread.
+//! timeouts: health checks run on the plugin health threads, never on a worker thread. Where a
+//! call may connect and how long it may take is decided by the caller
+//! ([`super::contract::NetScope`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -69,6 +71,12 @@ fn content_length(head: &str) -> Option<usize> {
         n.eq_ignore_ascii_case("content-length")
             .then(|| v.trim().parse().ok())?
     })
+}
+
+/// A path `http_get` accepts: starts with `/`, no spaces or control characters (which would
+/// let a plugin write other request lines).
+pub fn valid_path(path: &str) -> bool {
+    path.starts_with('/') && !path.bytes().any(|b| b <= b' ' || b == 0x7f)
 }
 
 /// `GET path` over HTTP/1.1; returns the status and body. Stops reading at the end of the

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher as _};
 
-use super::Registry;
+use super::registry::Registry;
 
 /// Editors and `cp` write a file in several steps: wait for quiet before reloading.
 const SETTLE: Duration = Duration::from_millis(150);

@@ -1,6 +1,6 @@
 -- persistence-key plugin: the key is the value of the `header` setting's request header
 -- (default X-Session), lower-cased. With `echo = true` the response step adds
--- X-Plugboard-Backend: <n> (0-based position of the backend that served the request).
+-- X-Plugboard-Backend: <name> (the name of the backend that served the request).
 --
 --   persistence = { key = "plugin:header-key", timeout = "30m" }
 --   [service.plugin.header-key]
@@ -16,8 +16,8 @@ function persistence_key(req)
   return string.lower(v)
 end
 
-function on_response(served, named)
+function on_response(req, served, named, backends)
   if config.echo then
-    return { ["X-Plugboard-Backend"] = tostring(served - 1) }
+    return { ["X-Plugboard-Backend"] = backends[served].name }
   end
 end

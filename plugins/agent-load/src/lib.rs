@@ -229,7 +229,7 @@ impl AgentLoad {
             .map(|b| {
                 (
                     b,
-                    if b.healthy() {
+                    if b.available() {
                         b.effective_weight() as u64
                     } else {
                         0

@@ -212,9 +212,9 @@ mod tests {
             .collect()
     }
 
-    /// The captured requests in `shared/vectors/rdp-connection-requests.txt`.
+    /// The captured requests in `tests/vectors/rdp-connection-requests.txt`.
     fn vectors() -> Vec<(String, Vec<u8>)> {
-        let text = include_str!("../../../../shared/vectors/rdp-connection-requests.txt");
+        let text = include_str!("../../../tests/vectors/rdp-connection-requests.txt");
         text.lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .map(|l| {

@@ -1,6 +1,6 @@
 //! persistence-key plugin: the key is the value of the `header` setting's request header
 //! (default `X-Session`), lower-cased so that `Alice` and `alice` stick together. Its response
-//! step adds `X-Plugboard-Backend: <n>` (the serving backend's position) when the `echo`
+//! step adds `X-Plugboard-Backend: <name>` (the serving backend's name) when the `echo`
 //! setting is true, which makes stickiness visible to clients and tests.
 //!
 //! ```toml
@@ -41,13 +41,13 @@ impl PersistenceKey for HeaderKey {
     fn on_response(
         &mut self,
         _req: &Request,
-        _backends: &Backends,
+        backends: &Backends,
         _named: Option<usize>,
         served: usize,
         resp: &mut Response,
     ) {
-        if self.echo {
-            resp.add_header("X-Plugboard-Backend", &served.to_string());
+        if let (true, Some(b)) = (self.echo, backends.get(served)) {
+            resp.add_header("X-Plugboard-Backend", &b.name());
         }
     }
 }

@@ -29,7 +29,7 @@ impl SelectServer for PinBackend {
     fn select(&mut self, _req: &Request, backends: &Backends) -> Option<usize> {
         backends
             .find(&self.address)
-            .filter(|b| b.healthy())
+            .filter(|b| b.available())
             .map(|b| b.index)
     }
 }

@@ -21,7 +21,7 @@ impl SelectServer for RoundRobin {
         for _ in 0..backends.len() {
             let b = backends.get(self.next % backends.len())?;
             self.next = self.next.wrapping_add(1);
-            if b.healthy() {
+            if b.available() {
                 return Some(b.index);
             }
         }

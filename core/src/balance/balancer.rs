@@ -1,0 +1,296 @@
+//! One service's decision logic, shared by the HTTP and TCP proxies.
+//!
+//! A [`Balancer`] owns the service's pool and its three hooks. For every request or
+//! connection the proxy calls, in order: [`Balancer::key`] (persistence-key hook),
+//! [`Balancer::choose`] (persistence table, then select-server hook), and at the end
+//! [`Balancer::on_response`] (the persistence hook's response step, http only). Failed
+//! connects come back through [`Balancer::connect_failed`], health checks through
+//! [`Balancer::observe`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::http::ResponseHeader;
+use prometheus::IntCounter;
+
+use super::hooks::{
+    HealthCheck, HealthReport, KeyOutcome, PersistenceKey, Pick, Request, SelectServer,
+};
+use super::identity::CookieKey;
+use super::persistence::{MemoryTable, PersistenceTable};
+use super::pool::{Pool, Transition};
+use crate::config::ServiceConfig;
+use crate::config::{Config, HealthConfig, HealthKind, PersistenceKeyKind, SchedulerKind};
+use crate::observe::metrics::{BackendCounters, Metrics};
+
+/// Where the hooks that a configuration names as `plugin:<name>` come from (the plugin
+/// registry). `service` is an index into `cfg.services`.
+pub trait HookSource {
+    fn select(
+        &self,
+        cfg: &Config,
+        service: usize,
+        name: &str,
+    ) -> Result<Box<dyn SelectServer>, String>;
+    fn key(
+        &self,
+        cfg: &Config,
+        service: usize,
+        name: &str,
+    ) -> Result<Box<dyn PersistenceKey>, String>;
+    fn health(
+        &self,
+        cfg: &Config,
+        service: usize,
+        name: &str,
+    ) -> Result<Arc<dyn HealthCheck>, String>;
+    /// The scheduler plugin's own health-check hook, if it has one, run as an agent feed:
+    /// the hook, how often, and the timeout of one poll.
+    fn agent_feed(&self, cfg: &Config, service: usize, name: &str) -> Option<AgentFeed>;
+}
+
+/// A health-check hook run as an agent feed: the hook, its interval and the timeout of a poll.
+pub type AgentFeed = (Arc<dyn HealthCheck>, Duration, Duration);
+
+/// A configuration without plugins.
+pub struct NoPlugins;
+
+impl HookSource for NoPlugins {
+    fn select(&self, _: &Config, _: usize, name: &str) -> Result<Box<dyn SelectServer>, String> {
+        Err(format!("plugin {name:?} is not loaded"))
+    }
+    fn key(&self, _: &Config, _: usize, name: &str) -> Result<Box<dyn PersistenceKey>, String> {
+        Err(format!("plugin {name:?} is not loaded"))
+    }
+    fn health(&self, _: &Config, _: usize, name: &str) -> Result<Arc<dyn HealthCheck>, String> {
+        Err(format!("plugin {name:?} is not loaded"))
+    }
+    fn agent_feed(&self, _: &Config, _: usize, _: &str) -> Option<AgentFeed> {
+        None
+    }
+}
+
+/// A persistence-key hook and the table its keys are pinned in.
+struct Persistence {
+    hook: Box<dyn PersistenceKey>,
+    table: Box<dyn PersistenceTable>,
+}
+
+pub struct Balancer {
+    cfg: ServiceConfig,
+    pub pool: Arc<Pool>,
+    scheduler: Box<dyn SelectServer>,
+    /// Decides when a plugin scheduler has no opinion or fails.
+    fallback: Option<Box<dyn SelectServer>>,
+    persistence: Option<Persistence>,
+    health: Option<(Arc<dyn HealthCheck>, HealthConfig)>,
+    /// A scheduler plugin's own health-check hook, run as a load/agent feed.
+    agent_feed: Option<AgentFeed>,
+    counters: Vec<BackendCounters>,
+    no_backend: IntCounter,
+    no_backend_log: crate::observe::logging::RateLimit,
+}
+
+impl Balancer {
+    /// Builds service number `index` of `config`, with built-in hooks and, for `plugin:`
+    /// references, hooks from `plugins`.
+    pub fn new(
+        config: &Config,
+        index: usize,
+        metrics: &Metrics,
+        plugins: &dyn HookSource,
+    ) -> Result<Self, String> {
+        let cfg = &config.services[index];
+        let key = CookieKey::new(&config.proxy.secret);
+        let pool = Arc::new(Pool::new(&cfg.name, &cfg.backends, cfg.slow_start, &key));
+        let in_service = |e: String| format!("service {:?}: {e}", cfg.name);
+        let mut agent_feed = None;
+        let (scheduler, fallback) = match &cfg.scheduler {
+            SchedulerKind::Plugin(name) => {
+                agent_feed = plugins.agent_feed(config, index, name);
+                (
+                    plugins.select(config, index, name).map_err(in_service)?,
+                    super::scheduler::builtin(&cfg.fallback_scheduler, &pool),
+                )
+            }
+            kind => (
+                super::scheduler::builtin(kind, &pool).expect("built-in scheduler"),
+                None,
+            ),
+        };
+        let persistence = match &cfg.persistence {
+            None => None,
+            Some(p) => Some(Persistence {
+                hook: match &p.key {
+                    PersistenceKeyKind::Plugin(name) => {
+                        plugins.key(config, index, name).map_err(in_service)?
+                    }
+                    _ => super::persistence::builtin_key(p).expect("built-in key"),
+                },
+                table: Box::new(MemoryTable::new(p.timeout, p.max_entries)),
+            }),
+        };
+        let health = match &cfg.health_check {
+            None => None,
+            Some(h) => Some((
+                match &h.kind {
+                    HealthKind::Plugin(name) => {
+                        plugins.health(config, index, name).map_err(in_service)?
+                    }
+                    _ => crate::health::builtin(h).expect("built-in health check"),
+                },
+                h.clone(),
+            )),
+        };
+        let counters = pool
+            .backends()
+            .iter()
+            .map(|b| metrics.backend(&cfg.name, &b.name))
+            .collect();
+        Ok(Balancer {
+            no_backend: metrics.no_backend(&cfg.name),
+            no_backend_log: Default::default(),
+            cfg: cfg.clone(),
+            pool,
+            scheduler,
+            fallback,
+            persistence,
+            health,
+            agent_feed,
+            counters,
+        })
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.cfg
+    }
+
+    pub fn health(&self) -> Option<(&Arc<dyn HealthCheck>, &HealthConfig)> {
+        self.health.as_ref().map(|(c, h)| (c, h))
+    }
+
+    /// The scheduler plugin's health-check hook and how often to run it as an agent feed.
+    pub fn agent_feed(&self) -> Option<&AgentFeed> {
+        self.agent_feed.as_ref()
+    }
+
+    /// True when the persistence hook reads the client's first bytes (tcp mode).
+    pub fn wants_payload(&self) -> bool {
+        self.persistence
+            .as_ref()
+            .is_some_and(|p| p.hook.wants_payload())
+    }
+
+    /// Persistence-key hook.
+    pub fn key<'r>(&self, req: &Request<'r>) -> KeyOutcome<'r> {
+        match &self.persistence {
+            Some(p) => p.hook.key(req, &self.pool),
+            None => KeyOutcome::None,
+        }
+    }
+
+    #[inline]
+    fn usable(&self, i: usize, avoid: &[usize]) -> bool {
+        i < self.pool.len() && self.pool.get(i).available() && !avoid.contains(&i)
+    }
+
+    /// The select-server hook, then the fallback scheduler when the hook has no opinion.
+    fn select(&self, req: &Request<'_>, avoid: &[usize]) -> Option<usize> {
+        match self.scheduler.select(req, &self.pool, avoid) {
+            Pick::Backend(i) => Some(i),
+            Pick::Reject => None,
+            Pick::NoOpinion => match self.fallback.as_ref()?.select(req, &self.pool, avoid) {
+                Pick::Backend(i) => Some(i),
+                _ => None,
+            },
+        }
+    }
+
+    /// Picks the backend: the one the request names, else the one its key is pinned to,
+    /// else the scheduler's choice (which is then pinned). `None`: no backend available, or
+    /// a plugin failed under the `reject` policy.
+    pub fn choose(
+        &self,
+        req: &Request<'_>,
+        outcome: &KeyOutcome<'_>,
+        avoid: &[usize],
+    ) -> Option<usize> {
+        let chosen = match (outcome, &self.persistence) {
+            (KeyOutcome::Reject, _) => None,
+            (KeyOutcome::Backend(i), _) if self.usable(*i, avoid) => Some(*i),
+            (KeyOutcome::Key(k), Some(p)) => {
+                match p.table.lookup(k).and_then(|id| self.pool.index_of(id)) {
+                    Some(i) if self.usable(i, avoid) => Some(i),
+                    _ => {
+                        let req = Request {
+                            key: Some(k),
+                            ..*req
+                        };
+                        let i = self.select(&req, avoid);
+                        if let Some(i) = i {
+                            p.table.pin(k, self.pool.get(i).id);
+                        }
+                        i
+                    }
+                }
+            }
+            _ => self.select(req, avoid),
+        };
+        match chosen {
+            Some(i) => self.counters[i].selected.inc(),
+            None => {
+                self.no_backend.inc();
+                if self.no_backend_log.allow() {
+                    tracing::warn!(service = %self.cfg.name, "no backend available");
+                }
+            }
+        }
+        chosen
+    }
+
+    /// Persistence hook's response step.
+    pub fn on_response(
+        &self,
+        req: &Request<'_>,
+        named: Option<usize>,
+        served: usize,
+        resp: &mut ResponseHeader,
+    ) {
+        if let Some(p) = &self.persistence {
+            p.hook.on_response(req, named, served, &self.pool, resp);
+        }
+    }
+
+    /// Passive health: a failed connect counts as a failed check (when active checks are
+    /// configured: they are what brings the backend back).
+    pub fn connect_failed(&self, i: usize) {
+        self.counters[i].connect_failures.inc();
+        if self.health.is_some() {
+            self.observe(i, HealthReport::DOWN, "connect failure");
+        } else {
+            tracing::warn!(service = %self.cfg.name, backend = %self.pool.get(i).name, "connect failed");
+        }
+    }
+
+    /// Applies one health observation and logs transitions.
+    pub fn observe(&self, i: usize, report: HealthReport, source: &str) {
+        let Some((_, h)) = &self.health else {
+            return;
+        };
+        if report.load.is_some() {
+            self.pool.set_load(i, report.load);
+        }
+        let b = self.pool.get(i);
+        match self.pool.observe(i, report.up, h.rise, h.fall) {
+            Transition::WentDown => {
+                self.counters[i].went_down.inc();
+                tracing::warn!(service = %self.cfg.name, backend = %b.name, %source, "backend is DOWN");
+            }
+            Transition::CameUp => {
+                self.counters[i].came_up.inc();
+                tracing::info!(service = %self.cfg.name, backend = %b.name, %source, "backend is UP");
+            }
+            Transition::None => {}
+        }
+    }
+}

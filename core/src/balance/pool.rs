@@ -1,0 +1,482 @@
+//! The backends of one service and their live state.
+//!
+//! Every field that changes at run time is an atomic, so that all worker threads read and
+//! update it without a lock: the schedulers read `active`, `healthy` and the effective weight
+//! on every pick, the proxies bump `active`, the health checker flips `healthy`. Derived
+//! structures that are expensive to compute (the round-robin sequence) live in the scheduler
+//! and are rebuilt off the hot path when [`Pool::generation`] moves.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use super::agent::{agent_prop, AgentAdmin, AgentState};
+use super::identity::{BackendId, CookieKey, COOKIE_ID_LEN};
+use crate::config::BackendConfig;
+
+/// Effective weights are kept in thousandths of the configured weight, so that slow start can
+/// ramp smoothly without floating point on the hot path.
+pub const WEIGHT_SCALE: u32 = 1000;
+
+/// Slow start begins at this share of the full weight (Envoy's default minimum is 10 %).
+const SLOW_START_MIN_PERMILLE: u64 = 100;
+
+/// One backend and its live state.
+#[derive(Debug)]
+pub struct Backend {
+    /// Stable name within the service (see [`crate::balance::identity`]).
+    pub name: String,
+    pub id: BackendId,
+    /// The value a cookie naming this backend carries.
+    pub cookie_id: [u8; COOKIE_ID_LEN],
+    pub address: SocketAddr,
+    /// Configured weight.
+    pub weight: u32,
+    enabled: AtomicBool,
+    healthy: AtomicBool,
+    /// Requests (http) or connections (tcp) in flight, across all worker threads.
+    active: AtomicU32,
+    /// `weight * WEIGHT_SCALE`, reduced while slow start ramps.
+    effective_weight: AtomicU32,
+    /// Last load 0-100 reported by a health check; 255 = never reported.
+    load: AtomicU8,
+    /// State reported by an agent on the backend (agent-load plugin, HAProxy agent-check,
+    /// KEMP adaptive agent). Independent of the health check.
+    agent: AgentState,
+    /// Times a load-aware scheduler picked this backend: breaks ties between equally loaded
+    /// backends in proportion to weight.
+    picks: AtomicU64,
+    /// Consecutive failed and successful checks (active and passive).
+    fails: AtomicU32,
+    oks: AtomicU32,
+    /// Milliseconds since the pool's epoch when the backend last came up; u64::MAX = not ramping.
+    up_since_ms: AtomicU64,
+}
+
+impl Backend {
+    fn new(service: &str, c: &BackendConfig, key: &CookieKey) -> Self {
+        Backend {
+            name: c.name.clone(),
+            id: BackendId::new(service, &c.name),
+            cookie_id: key.cookie_id(service, &c.name),
+            address: c.address,
+            weight: c.weight,
+            enabled: AtomicBool::new(c.enabled),
+            healthy: AtomicBool::new(true),
+            active: AtomicU32::new(0),
+            effective_weight: AtomicU32::new(c.weight * WEIGHT_SCALE),
+            load: AtomicU8::new(u8::MAX),
+            agent: AgentState::default(),
+            picks: AtomicU64::new(0),
+            fails: AtomicU32::new(0),
+            oks: AtomicU32::new(0),
+            up_since_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed)
+    }
+
+    /// Can take new traffic: enabled, healthy and with a non-zero weight.
+    #[inline]
+    pub fn available(&self) -> bool {
+        self.enabled() && self.healthy() && self.weight > 0 && self.agent.admits(self.active())
+    }
+
+    /// What the backend's agent last reported.
+    pub fn agent(&self) -> &AgentState {
+        &self.agent
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Relaxed)
+    }
+
+    /// Weight in thousandths, after slow start.
+    #[inline]
+    pub fn effective_weight(&self) -> u32 {
+        let w = self.effective_weight.load(Relaxed);
+        match self.agent.weight_percent() {
+            100 => w,
+            p => (w as u64 * p as u64 / 100) as u32,
+        }
+    }
+
+    #[inline]
+    pub fn picks(&self) -> u64 {
+        self.picks.load(Relaxed)
+    }
+
+    #[inline]
+    pub fn record_pick(&self) {
+        self.picks.fetch_add(1, Relaxed);
+    }
+
+    /// Last reported load 0-100, if a check ever reported one.
+    pub fn load(&self) -> Option<u8> {
+        match self.load.load(Relaxed) {
+            u8::MAX => None,
+            l => Some(l),
+        }
+    }
+}
+
+/// Counts one request or connection in flight on a backend for as long as it lives.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    pool: Arc<Pool>,
+    index: usize,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.pool.backends[self.index].active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What a health observation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    WentDown,
+    CameUp,
+}
+
+/// The backends of one service.
+#[derive(Debug)]
+pub struct Pool {
+    backends: Vec<Backend>,
+    /// Backend ids and indexes, sorted by id: id -> index in O(log n).
+    by_id: Vec<(BackendId, u32)>,
+    /// Unique per pool object: caches of per-backend data (a plugin's backend table) key on it.
+    uid: u64,
+    slow_start: Option<Duration>,
+    epoch: Instant,
+    /// Bumped whenever availability or an effective weight changes.
+    generation: AtomicU64,
+}
+
+static POOL_UIDS: AtomicU64 = AtomicU64::new(1);
+
+impl Pool {
+    pub fn new(
+        service: &str,
+        backends: &[BackendConfig],
+        slow_start: Option<Duration>,
+        key: &CookieKey,
+    ) -> Self {
+        let backends: Vec<Backend> = backends
+            .iter()
+            .map(|b| Backend::new(service, b, key))
+            .collect();
+        let mut by_id: Vec<(BackendId, u32)> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id, i as u32))
+            .collect();
+        by_id.sort_unstable();
+        Pool {
+            backends,
+            by_id,
+            uid: POOL_UIDS.fetch_add(1, Relaxed),
+            slow_start,
+            epoch: Instant::now(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> &Backend {
+        &self.backends[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// The backend with this identity, if it is in the pool.
+    #[inline]
+    pub fn index_of(&self, id: BackendId) -> Option<usize> {
+        let k = self.by_id.binary_search_by_key(&id, |&(id, _)| id).ok()?;
+        Some(self.by_id[k].1 as usize)
+    }
+
+    /// The backend with this name, if any.
+    pub fn find_name(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+
+    /// The backend whose cookie id is `value`, if any.
+    #[inline]
+    pub fn find_cookie_id(&self, value: &[u8]) -> Option<usize> {
+        self.backends.iter().position(|b| b.cookie_id == value)
+    }
+
+    /// Unique per pool object.
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Marks a request or connection in flight on backend `i` until the guard drops.
+    #[inline]
+    pub fn acquire(self: &Arc<Self>, i: usize) -> ActiveGuard {
+        self.backends[i].active.fetch_add(1, Relaxed);
+        ActiveGuard {
+            pool: self.clone(),
+            index: i,
+        }
+    }
+
+    pub fn set_enabled(&self, i: usize, enabled: bool) {
+        if self.backends[i].enabled.swap(enabled, Relaxed) != enabled {
+            if enabled {
+                self.catch_up(i);
+            }
+            self.bump();
+        }
+    }
+
+    /// Brings a returning backend's pick count level with the others (per unit of weight),
+    /// so that the tie-break does not send it every new request until it has caught up.
+    fn catch_up(&self, i: usize) {
+        let me = &self.backends[i];
+        let level = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(j, b)| *j != i && b.available())
+            .map(|(_, b)| b.picks() * me.weight as u64 / b.weight.max(1) as u64)
+            .max()
+            .unwrap_or(0);
+        me.picks.store(level, Relaxed);
+    }
+
+    pub fn set_load(&self, i: usize, load: Option<u8>) {
+        self.backends[i]
+            .load
+            .store(load.map(|l| l.min(100)).unwrap_or(u8::MAX), Relaxed);
+    }
+
+    /// Applies one agent-reported property (see [`agent_prop`]); false for an unknown
+    /// property or an out-of-range value.
+    pub fn set_agent(&self, i: usize, prop: i32, value: i64) -> bool {
+        let a = &self.backends[i].agent;
+        let before = a.admits(0);
+        let Some(weight_changed) = a.set(prop, value) else {
+            return false;
+        };
+        if weight_changed || a.admits(0) != before {
+            self.bump();
+        }
+        true
+    }
+
+    /// Records one check result, active or passive, and applies the rise/fall rule.
+    pub fn observe(&self, i: usize, ok: bool, rise: u32, fall: u32) -> Transition {
+        let b = &self.backends[i];
+        if ok {
+            b.fails.store(0, Relaxed);
+            let oks = b.oks.fetch_add(1, Relaxed).saturating_add(1);
+            if !b.healthy() && oks >= rise && !b.healthy.swap(true, Relaxed) {
+                self.catch_up(i);
+                if self.slow_start.is_some() {
+                    b.up_since_ms.store(self.now_ms(), Relaxed);
+                    b.effective_weight
+                        .store(self.ramp_weight(b, Duration::ZERO), Relaxed);
+                }
+                self.bump();
+                return Transition::CameUp;
+            }
+        } else {
+            b.oks.store(0, Relaxed);
+            let fails = b.fails.fetch_add(1, Relaxed).saturating_add(1);
+            if b.healthy() && fails >= fall && b.healthy.swap(false, Relaxed) {
+                b.up_since_ms.store(u64::MAX, Relaxed);
+                b.effective_weight.store(b.weight * WEIGHT_SCALE, Relaxed);
+                self.bump();
+                return Transition::WentDown;
+            }
+        }
+        Transition::None
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn ramp_weight(&self, b: &Backend, elapsed: Duration) -> u32 {
+        let full = (b.weight * WEIGHT_SCALE) as u64;
+        let Some(window) = self.slow_start else {
+            return full as u32;
+        };
+        let permille = (elapsed.as_millis() as u64 * 1000 / window.as_millis().max(1) as u64)
+            .clamp(SLOW_START_MIN_PERMILLE, 1000);
+        (full * permille / 1000).max(1) as u32
+    }
+
+    /// Advances slow-start ramps; returns true while any backend is still ramping.
+    /// Called periodically off the hot path.
+    pub fn tick_slow_start(&self) -> bool {
+        if self.slow_start.is_none() {
+            return false;
+        }
+        let now = self.now_ms();
+        let mut ramping = false;
+        let mut changed = false;
+        for b in &self.backends {
+            let since = b.up_since_ms.load(Relaxed);
+            if since == u64::MAX {
+                continue;
+            }
+            let w = self.ramp_weight(b, Duration::from_millis(now.saturating_sub(since)));
+            if w >= b.weight * WEIGHT_SCALE {
+                b.up_since_ms.store(u64::MAX, Relaxed);
+            } else {
+                ramping = true;
+            }
+            if b.effective_weight.swap(w, Relaxed) != w {
+                changed = true;
+            }
+        }
+        if changed {
+            self.bump();
+        }
+        ramping
+    }
+}
+
+/// Backends 127.0.0.1:9000.. with these weights, named by address.
+#[cfg(test)]
+pub fn test_backends(weights: &[u32]) -> Vec<BackendConfig> {
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let address = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
+            BackendConfig {
+                name: address.to_string(),
+                address,
+                weight: w,
+                enabled: true,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+impl Pool {
+    /// A pool of service "t" over [`test_backends`].
+    pub fn for_tests(weights: &[u32], slow_start: Option<Duration>) -> Pool {
+        Pool::new(
+            "t",
+            &test_backends(weights),
+            slow_start,
+            &CookieKey::new(b"test"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(slow: Option<Duration>) -> Pool {
+        Pool::for_tests(&[1, 2], slow)
+    }
+
+    #[test]
+    fn identity_survives_reordering() {
+        let a = Pool::for_tests(&[1, 1, 1], None);
+        let mut cfg = test_backends(&[1, 1, 1]);
+        cfg.reverse();
+        let b = Pool::new("t", &cfg, None, &CookieKey::new(b"test"));
+        for (i, be) in a.backends().iter().enumerate() {
+            let j = b.index_of(be.id).expect("same backend");
+            assert_eq!(b.get(j).name, be.name);
+            assert_eq!(j, 2 - i);
+            assert_eq!(b.find_cookie_id(&be.cookie_id), Some(j));
+        }
+        assert_eq!(a.find_cookie_id(b"0000000000000000"), None);
+    }
+
+    #[test]
+    fn rise_and_fall_counts() {
+        let p = pool(None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::WentDown);
+        assert!(!p.get(0).available());
+        assert_eq!(p.observe(0, true, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, false, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, true, 2, 3), Transition::None);
+        assert_eq!(p.observe(0, true, 2, 3), Transition::CameUp);
+        assert!(p.get(0).available());
+    }
+
+    #[test]
+    fn slow_start_begins_low_and_ends_full() {
+        let p = pool(Some(Duration::from_millis(200)));
+        for _ in 0..3 {
+            p.observe(1, false, 1, 3);
+        }
+        p.observe(1, true, 1, 3);
+        assert_eq!(p.get(1).effective_weight(), 2 * WEIGHT_SCALE / 10);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!p.tick_slow_start());
+        assert_eq!(p.get(1).effective_weight(), 2 * WEIGHT_SCALE);
+    }
+
+    #[test]
+    fn agent_state_gates_and_scales() {
+        let p = pool(None);
+        assert!(p.set_agent(1, agent_prop::WEIGHT_PERCENT, 50));
+        assert_eq!(p.get(1).effective_weight(), WEIGHT_SCALE);
+        assert!(p.set_agent(1, agent_prop::ADMIN, AgentAdmin::Drain as i64));
+        assert!(!p.get(1).available());
+        p.set_agent(1, agent_prop::ADMIN, 0);
+        p.set_agent(1, agent_prop::UP, 0);
+        assert!(!p.get(1).available());
+        p.set_agent(1, agent_prop::UP, 1);
+        p.set_agent(1, agent_prop::MAXCONN, 1);
+        let p = Arc::new(p);
+        let g = p.acquire(1);
+        assert!(!p.get(1).available(), "at maxconn");
+        drop(g);
+        assert!(p.get(1).available());
+        assert!(!p.set_agent(1, 9, 1));
+    }
+
+    #[test]
+    fn guard_counts_active() {
+        let p = Arc::new(pool(None));
+        let g = p.acquire(1);
+        let g2 = p.acquire(1);
+        assert_eq!(p.get(1).active(), 2);
+        drop(g);
+        drop(g2);
+        assert_eq!(p.get(1).active(), 0);
+    }
+}

@@ -1,0 +1,70 @@
+//! A service's `[[service.backend]]` tables.
+
+use std::ops::Range;
+
+use super::raw;
+use super::report::Reporter;
+use super::types::*;
+use super::units::{valid_backend_name, MAX_NAME};
+
+pub(super) fn validate(
+    r: &mut Reporter,
+    s: &raw::Service,
+    span: Range<usize>,
+    service: &str,
+) -> Vec<BackendConfig> {
+    let mut backends: Vec<BackendConfig> = Vec::new();
+    if s.backend.is_empty() {
+        r.err(
+            span,
+            format!("service {service:?} has no [[service.backend]]"),
+        );
+    }
+    for b in &s.backend {
+        let b = b.get_ref();
+        let Some(address) = r.address(&b.address, "backend address") else {
+            continue;
+        };
+        if backends.iter().any(|o| o.address == address) {
+            r.err(
+                b.address.span(),
+                format!("backend {address} listed twice in service {service:?}"),
+            );
+        }
+        let name = match &b.name {
+            Some(n) => {
+                if !valid_backend_name(n.get_ref()) {
+                    r.err(
+                        n.span(),
+                        format!(
+                            "backend name {:?}: use 1 to {MAX_NAME} letters, digits and - _ . : [ ]",
+                            n.get_ref()
+                        ),
+                    );
+                }
+                n.get_ref().clone()
+            }
+            None => b.address.get_ref().trim().to_string(),
+        };
+        if backends.iter().any(|o| o.name == name) {
+            let at = b.name.as_ref().map_or(b.address.span(), |n| n.span());
+            r.err(
+                at,
+                format!(
+                    "backend name {name:?} used twice in service {service:?}; names must be unique"
+                ),
+            );
+        }
+        let weight = r
+            .int_in(&b.weight, "weight", 0, MAX_WEIGHT as i64)
+            .unwrap_or(1) as u32;
+        let enabled = b.enabled.as_ref().map(|e| *e.get_ref()).unwrap_or(true);
+        backends.push(BackendConfig {
+            name,
+            address,
+            weight,
+            enabled,
+        });
+    }
+    backends
+}

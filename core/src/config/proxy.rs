@@ -1,0 +1,114 @@
+//! The `[proxy]` table: process-wide settings.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw;
+use super::report::Reporter;
+use super::types::*;
+use super::units::parse_size;
+
+/// Shortest secret accepted from `secret_file`.
+const MIN_SECRET: usize = 16;
+
+pub(super) fn validate(r: &mut Reporter, p: Option<&raw::Proxy>, base: &Path) -> ProxyConfig {
+    let default = raw::Proxy::default();
+    let p = p.unwrap_or(&default);
+    let threads = r
+        .int_in(&p.threads, "threads", 1, 1024)
+        .map(|n| n as usize)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        });
+    let plugins_dir = p.plugins_dir.as_ref().map(|d| base.join(d.get_ref()));
+    let log_format = match p.log_format.as_ref() {
+        None => LogFormat::Human,
+        Some(v) => match v.get_ref().as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
+                r.err(
+                    v.span(),
+                    format!("log_format: unknown value {other:?}; expected \"human\" or \"json\""),
+                );
+                LogFormat::Human
+            }
+        },
+    };
+    let metrics = p.metrics.as_ref().and_then(|m| r.address(m, "metrics"));
+    let grace_period = r
+        .duration(&p.grace_period, "grace_period")
+        .unwrap_or(Duration::from_secs(5));
+    let plugin_deadline = r
+        .positive_duration(&p.plugin_deadline, "plugin_deadline")
+        .unwrap_or(DEFAULT_PLUGIN_DEADLINE);
+    let plugin_memory = p
+        .plugin_memory
+        .as_ref()
+        .and_then(|v| match parse_size(v.get_ref()) {
+            Some(n) if (1 << 20..=MAX_PLUGIN_MEMORY).contains(&n) => Some(n),
+            _ => {
+                r.err(
+                    v.span(),
+                    format!(
+                        "plugin_memory: invalid size {:?}; write e.g. \"16MiB\" (1MiB to 4GiB)",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        })
+        .unwrap_or(DEFAULT_PLUGIN_MEMORY);
+    let max_connections = r
+        .int_in(
+            &p.max_connections,
+            "max_connections",
+            1,
+            MAX_CONNECTIONS as i64,
+        )
+        .map(|n| n as usize);
+    let secret = match &p.secret_file {
+        None => Arc::from(DEFAULT_SECRET),
+        Some(f) => {
+            let path = base.join(f.get_ref());
+            match std::fs::read(&path) {
+                Ok(bytes) if bytes.trim_ascii().len() >= MIN_SECRET => {
+                    Arc::from(bytes.trim_ascii())
+                }
+                Ok(bytes) => {
+                    r.err(
+                        f.span(),
+                        format!(
+                            "secret_file: {} holds {} bytes; write at least {MIN_SECRET} random \
+                             bytes into it, e.g. `head -c 32 /dev/urandom | base64 > FILE`",
+                            path.display(),
+                            bytes.trim_ascii().len()
+                        ),
+                    );
+                    Arc::from(DEFAULT_SECRET)
+                }
+                Err(e) => {
+                    r.err(
+                        f.span(),
+                        format!("secret_file: cannot read {}: {e}", path.display()),
+                    );
+                    Arc::from(DEFAULT_SECRET)
+                }
+            }
+        }
+    };
+    ProxyConfig {
+        threads,
+        plugins_dir,
+        log_format,
+        metrics,
+        grace_period,
+        plugin_deadline,
+        plugin_memory,
+        max_connections,
+        secret,
+    }
+}

@@ -1,0 +1,82 @@
+//! The file as written, with the byte span of every value, before validation.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub proxy: Option<Spanned<Proxy>>,
+    #[serde(default)]
+    pub service: Vec<Spanned<Service>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Proxy {
+    pub threads: Option<Spanned<i64>>,
+    pub plugins_dir: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
+    pub metrics: Option<Spanned<String>>,
+    pub grace_period: Option<Spanned<String>>,
+    pub plugin_deadline: Option<Spanned<String>>,
+    pub plugin_memory: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub secret_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: Spanned<String>,
+    pub listen: Spanned<toml::Value>,
+    pub mode: Option<Spanned<String>>,
+    pub scheduler: Option<Spanned<String>>,
+    pub persistence: Option<Spanned<Persistence>>,
+    pub health_check: Option<Spanned<Health>>,
+    pub slow_start: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub inspect_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub retries: Option<Spanned<i64>>,
+    pub on_plugin_error: Option<Spanned<String>>,
+    pub fallback_scheduler: Option<Spanned<String>>,
+    #[serde(default)]
+    pub plugin: std::collections::BTreeMap<String, Spanned<toml::Table>>,
+    #[serde(default)]
+    pub backend: Vec<Spanned<Backend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persistence {
+    pub key: Spanned<String>,
+    pub timeout: Option<Spanned<String>>,
+    pub max_entries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub kind: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub port: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub name: Option<Spanned<String>>,
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+    pub enabled: Option<Spanned<bool>>,
+}

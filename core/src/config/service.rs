@@ -1,0 +1,180 @@
+//! One `[[service]]` table: listen addresses, mode, timeouts, limits and plugin settings; the
+//! balancing, health and backend sub-tables are validated by their own modules.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use super::raw;
+use super::report::Reporter;
+use super::types::*;
+use super::units::parse_addr;
+
+/// A plugin reference found while validating a service: name, hook and its span.
+pub(super) type RawRef = (String, Hook, Range<usize>);
+
+/// What validation of one service needs from the rest of the file.
+pub(super) struct Context {
+    /// `[proxy] secret_file` was given.
+    pub has_secret: bool,
+}
+
+pub(super) fn validate(
+    r: &mut Reporter,
+    s: &raw::Service,
+    span: Range<usize>,
+    ctx: &Context,
+    refs: &mut Vec<RawRef>,
+) -> Option<ServiceConfig> {
+    let before = r.errors.len();
+    let name = s.name.get_ref().clone();
+    if name.is_empty() {
+        r.err(s.name.span(), "service name must not be empty");
+    }
+    let listen = listen(r, &s.listen);
+    let mode = match s.mode.as_ref() {
+        None => Mode::Http,
+        Some(m) => match m.get_ref().as_str() {
+            "http" => Mode::Http,
+            "tcp" => Mode::Tcp,
+            other => {
+                r.err(
+                    m.span(),
+                    format!("mode: unknown mode {other:?}; expected \"http\" or \"tcp\""),
+                );
+                Mode::Http
+            }
+        },
+    };
+    let scheduler = super::balance::scheduler(r, s, refs);
+    let fallback_scheduler = super::balance::fallback(r, s);
+    let persistence = super::balance::persistence(r, s, mode, ctx, refs);
+    let health_check = s
+        .health_check
+        .as_ref()
+        .and_then(|h| super::health::validate(r, h, refs));
+    let backends = super::backend::validate(r, s, span, &name);
+
+    let slow_start = r
+        .duration(&s.slow_start, "slow_start")
+        .filter(|d| !d.is_zero());
+    let connect_timeout = r
+        .positive_duration(&s.connect_timeout, "connect_timeout")
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let idle_timeout = r
+        .positive_duration(&s.idle_timeout, "idle_timeout")
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let header_timeout = r
+        .positive_duration(&s.header_timeout, "header_timeout")
+        .unwrap_or(DEFAULT_HEADER_TIMEOUT);
+    if let (Some(v), Mode::Tcp) = (&s.header_timeout, mode) {
+        r.err(v.span(), "header_timeout only applies to mode = \"http\"");
+    }
+    let inspect_timeout = r
+        .duration(&s.inspect_timeout, "inspect_timeout")
+        .unwrap_or(DEFAULT_INSPECT_TIMEOUT);
+    let max_connections = r
+        .int_in(
+            &s.max_connections,
+            "max_connections",
+            1,
+            MAX_CONNECTIONS as i64,
+        )
+        .map(|n| n as usize);
+    let retries = r.int_in(&s.retries, "retries", 0, 10).unwrap_or(1) as u32;
+    let on_plugin_error = match s.on_plugin_error.as_ref() {
+        None => PluginErrorPolicy::Fallback,
+        Some(v) => match v.get_ref().as_str() {
+            "fallback" => PluginErrorPolicy::Fallback,
+            "reject" => PluginErrorPolicy::Reject,
+            other => {
+                r.err(v.span(), format!("on_plugin_error: unknown policy {other:?}; expected \"fallback\" or \"reject\""));
+                PluginErrorPolicy::Fallback
+            }
+        },
+    };
+    let plugin_settings = plugin_settings(r, s, refs);
+
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(ServiceConfig {
+        name,
+        listen,
+        mode,
+        scheduler,
+        persistence,
+        health_check,
+        slow_start,
+        connect_timeout,
+        idle_timeout,
+        header_timeout,
+        inspect_timeout,
+        max_connections,
+        retries,
+        on_plugin_error,
+        fallback_scheduler,
+        plugin_settings,
+        backends,
+    })
+}
+
+fn listen(r: &mut Reporter, v: &toml::Spanned<toml::Value>) -> Vec<SocketAddr> {
+    let mut listen = Vec::new();
+    let mut push = |r: &mut Reporter, item: &toml::Value| match item {
+        toml::Value::String(a) => match parse_addr(a) {
+            Ok(addr) if listen.contains(&addr) => {
+                r.err(v.span(), format!("listen: address {addr} listed twice"))
+            }
+            Ok(addr) => listen.push(addr),
+            Err(e) => r.err(v.span(), format!("listen: {e}")),
+        },
+        other => r.err(
+            v.span(),
+            format!(
+                "listen: expected an address string, found {}",
+                other.type_str()
+            ),
+        ),
+    };
+    match v.get_ref() {
+        toml::Value::Array(items) => {
+            if items.is_empty() {
+                r.err(v.span(), "listen: empty list");
+            }
+            for item in items {
+                push(r, item);
+            }
+        }
+        item => push(r, item),
+    }
+    listen
+}
+
+/// `[service.plugin.<name>]` tables as JSON; a table for a plugin the service does not use is
+/// an error (a typo would otherwise be silently ignored).
+fn plugin_settings(
+    r: &mut Reporter,
+    s: &raw::Service,
+    refs: &[RawRef],
+) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for (name, table) in &s.plugin {
+        if !refs.iter().any(|(n, _, _)| n == name) {
+            // Point at the table's header line.
+            let start = table.span().start;
+            let header = if r.src[start..].starts_with('[') {
+                start
+            } else {
+                r.src[..start].rfind("[service.plugin").unwrap_or(start)
+            };
+            r.err(
+                header..header,
+                format!("[service.plugin.{name}]: this service uses no plugin {name:?}"),
+            );
+        }
+        let json = serde_json::to_value(table.get_ref()).unwrap_or(serde_json::Value::Null);
+        out.insert(name.clone(), json);
+    }
+    out
+}

@@ -1,0 +1,250 @@
+//! The validated configuration: every value parsed (addresses, durations, schedulers), so
+//! nothing downstream parses a string again.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::report::ConfigError;
+
+/// Default for `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default for `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Default for `header_timeout` (HAProxy's `timeout http-request` is usually 10 s).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for `inspect_timeout` (HAProxy's usual `tcp-request inspect-delay`).
+pub const DEFAULT_INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default persistence idle timeout.
+pub const DEFAULT_PERSISTENCE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default bound on the number of persistence entries per service.
+pub const DEFAULT_PERSISTENCE_MAX_ENTRIES: u64 = 1_000_000;
+/// Default for `plugin_deadline`.
+pub const DEFAULT_PLUGIN_DEADLINE: Duration = Duration::from_millis(20);
+/// Default for `plugin_memory`.
+pub const DEFAULT_PLUGIN_MEMORY: usize = 32 << 20;
+/// Largest `plugin_memory` (a wasm32 memory cannot be larger).
+pub const MAX_PLUGIN_MEMORY: usize = 4 << 30;
+/// Largest accepted backend weight (as HAProxy).
+pub const MAX_WEIGHT: u32 = 256;
+/// Largest `max_connections`.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+/// The cookie secret used when `[proxy] secret_file` is not set. Public, so cookie ids made
+/// with it can be computed by anyone who knows the backend names; `check` warns.
+pub const DEFAULT_SECRET: &[u8] = b"plugboard default cookie secret: set [proxy] secret_file";
+
+/// L7 or L4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
+}
+
+/// Which built-in scheduler, or which plugin, picks the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedulerKind {
+    RoundRobin,
+    LeastConnections,
+    RandomTwo,
+    SourceHash,
+    Plugin(String),
+}
+
+impl SchedulerKind {
+    /// The built-in scheduler of this name.
+    pub fn builtin(name: &str) -> Option<SchedulerKind> {
+        Some(match name {
+            "round_robin" => SchedulerKind::RoundRobin,
+            "least_connections" => SchedulerKind::LeastConnections,
+            "random_two" => SchedulerKind::RandomTwo,
+            "source_hash" => SchedulerKind::SourceHash,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchedulerKind::RoundRobin => f.write_str("round_robin"),
+            SchedulerKind::LeastConnections => f.write_str("least_connections"),
+            SchedulerKind::RandomTwo => f.write_str("random_two"),
+            SchedulerKind::SourceHash => f.write_str("source_hash"),
+            SchedulerKind::Plugin(p) => write!(f, "plugin:{p}"),
+        }
+    }
+}
+
+/// What makes a client sticky.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersistenceKeyKind {
+    SourceIp,
+    /// A cookie inserted by the proxy whose value names the backend.
+    Cookie(String),
+    /// The value of a request header, looked up in the persistence table.
+    Header(String),
+    Plugin(String),
+}
+
+impl fmt::Display for PersistenceKeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PersistenceKeyKind::SourceIp => f.write_str("source_ip"),
+            PersistenceKeyKind::Cookie(n) => write!(f, "cookie:{n}"),
+            PersistenceKeyKind::Header(n) => write!(f, "header:{n}"),
+            PersistenceKeyKind::Plugin(p) => write!(f, "plugin:{p}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistenceConfig {
+    pub key: PersistenceKeyKind,
+    /// Idle timeout of a table entry.
+    pub timeout: Duration,
+    pub max_entries: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    Tcp,
+    Http {
+        path: String,
+        expect_status: u16,
+        host: Option<String>,
+    },
+    Plugin(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Check this port instead of the backend's traffic port.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Stable identity within the service: persistence pins, cookies, logs and metrics name
+    /// the backend by it, never by its position in the list. Default: the address as written.
+    pub name: String,
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub enabled: bool,
+}
+
+/// The three hook points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    SelectServer,
+    PersistenceKey,
+    HealthCheck,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::SelectServer => "select-server",
+            Hook::PersistenceKey => "persistence-key",
+            Hook::HealthCheck => "health-check",
+        }
+    }
+}
+
+/// A `plugin:<name>` reference, kept with its position so that the plugin host can report
+/// problems with it (not found, hook not implemented) at the right line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRef {
+    pub service: usize,
+    pub name: String,
+    pub hook: Hook,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// What happens when a plugin traps, times out, runs out of memory or answers nonsense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginErrorPolicy {
+    /// Built-in fallback scheduler / no key / keep the last health state.
+    Fallback,
+    /// HTTP 503 / TCP close (health: the backend counts as down).
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub listen: Vec<SocketAddr>,
+    pub mode: Mode,
+    pub scheduler: SchedulerKind,
+    pub persistence: Option<PersistenceConfig>,
+    pub health_check: Option<HealthConfig>,
+    pub slow_start: Option<Duration>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// http: longest time from a request's first byte to the end of its header.
+    pub header_timeout: Duration,
+    pub inspect_timeout: Duration,
+    /// Client connections open at once; further ones wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
+    /// How many times a request whose connect failed is sent to another backend.
+    pub retries: u32,
+    pub on_plugin_error: PluginErrorPolicy,
+    /// Built-in scheduler used when a plugin scheduler has no opinion or fails.
+    pub fallback_scheduler: SchedulerKind,
+    /// `[service.plugin.<name>]` tables, as JSON, handed to the plugin when it is loaded.
+    pub plugin_settings: BTreeMap<String, serde_json::Value>,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub threads: usize,
+    pub plugins_dir: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// Address of the Prometheus `/metrics` endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+    pub grace_period: Duration,
+    /// Longest a plugin call on the request path may run.
+    pub plugin_deadline: Duration,
+    /// Memory cap of one plugin instance (WASM linear memory, Lua heap), in bytes.
+    pub plugin_memory: usize,
+    /// Client connections open at once over all services; `None`: derived at start from the
+    /// process's descriptor limit.
+    pub max_connections: Option<usize>,
+    /// Key material for cookie ids (`secret_file`, or [`DEFAULT_SECRET`]).
+    pub secret: Arc<[u8]>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub path: PathBuf,
+    pub proxy: ProxyConfig,
+    pub services: Vec<ServiceConfig>,
+    pub plugin_refs: Vec<PluginRef>,
+    /// Things that work but are probably not what the administrator wants.
+    pub warnings: Vec<ConfigError>,
+}

@@ -1,0 +1,122 @@
+//! Health checks: the built-in [`HealthCheck`] implementations and the background service
+//! that runs every service's checks and slow-start ramps.
+//!
+//! Active checks run one task per backend at the configured interval; each result goes
+//! through the pool's rise/fall counter ([`crate::balance::pool::Pool::observe`]), the same counter
+//! that passive observations (failed connects on the request path) feed.
+
+mod http;
+mod tcp;
+
+pub use http::HttpCheck;
+pub use tcp::TcpCheck;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::balance::balancer::Balancer;
+use crate::balance::hooks::HealthCheck;
+use crate::config::{HealthConfig, HealthKind};
+
+/// Builds the built-in check for this config; `None` for plugins.
+pub fn builtin(cfg: &HealthConfig) -> Option<Arc<dyn HealthCheck>> {
+    Some(match &cfg.kind {
+        HealthKind::Tcp => Arc::new(TcpCheck),
+        HealthKind::Http {
+            path,
+            expect_status,
+            host,
+        } => Arc::new(HttpCheck {
+            path: path.clone(),
+            host: host.clone(),
+            expect_status: *expect_status,
+        }),
+        HealthKind::Plugin(_) => return None,
+    })
+}
+
+/// Runs every active check and slow-start ramp of all services, off the request path.
+pub struct HealthService {
+    pub balancers: Vec<Arc<Balancer>>,
+    /// Owns the plugin registry for the server's lifetime (its file watcher holds only a weak
+    /// reference, so that dropping the server stops reloads).
+    pub plugins: Option<Arc<crate::plugin::registry::Registry>>,
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for b in &self.balancers {
+            if let Some((check, cfg)) = b.health() {
+                for i in 0..b.pool.len() {
+                    tasks.spawn(check_loop(b.clone(), check.clone(), cfg.clone(), i));
+                }
+            }
+            if let Some((feed, interval, timeout)) = b.agent_feed() {
+                for i in 0..b.pool.len() {
+                    tasks.spawn(feed_loop(b.clone(), feed.clone(), *interval, *timeout, i));
+                }
+            }
+            if b.config().slow_start.is_some() {
+                tasks.spawn(slow_start_loop(b.clone()));
+            }
+        }
+        let _ = shutdown.changed().await;
+        tasks.abort_all();
+    }
+}
+
+async fn check_loop(b: Arc<Balancer>, check: Arc<dyn HealthCheck>, cfg: HealthConfig, i: usize) {
+    let backend = b.pool.get(i).address;
+    let target = SocketAddr::new(backend.ip(), cfg.port.unwrap_or(backend.port()));
+    // Spread the first checks over one interval so that backends are not probed in bursts.
+    let jitter = cfg.interval.mul_f64(fastrand::f64());
+    tokio::time::sleep(jitter).await;
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // The check bounds itself by the timeout (from when it starts, not while it waits for
+        // a plugin check thread).
+        if let Some(report) = check.check(&b.pool, i, target, cfg.timeout).await {
+            b.observe(i, report, "health check");
+        }
+    }
+}
+
+/// Polls a backend's agent through the scheduler plugin's health-check hook. The hook reports
+/// through `set_load`/`set_agent` as it runs; its up/down verdict is not a health check and
+/// goes through no rise/fall counter (the service's own `health_check` decides health).
+async fn feed_loop(
+    b: Arc<Balancer>,
+    feed: Arc<dyn HealthCheck>,
+    interval: Duration,
+    timeout: Duration,
+    i: usize,
+) {
+    let target = b.pool.get(i).address;
+    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = feed.check(&b.pool, i, target, timeout).await;
+    }
+}
+
+/// How often slow-start weights are recomputed while a backend ramps.
+const SLOW_START_STEP: Duration = Duration::from_millis(100);
+
+async fn slow_start_loop(b: Arc<Balancer>) {
+    let mut tick = tokio::time::interval(SLOW_START_STEP);
+    loop {
+        tick.tick().await;
+        b.pool.tick_slow_start();
+    }
+}

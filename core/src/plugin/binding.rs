@@ -1,0 +1,233 @@
+//! A binding is a plugin slot used by one service: the service's settings and error policy,
+//! its log, its circuit breaker, and the instances that run its calls.
+//!
+//! Request-path calls use this thread's instance from a thread-local cache (no lock, nothing
+//! compiled or instantiated): a worker without a current instance takes a ready one from the
+//! binding's spares ([`super::spares`]). A call that faults discards its instance; repeated
+//! faults open the circuit breaker ([`super::breaker`]).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+
+use super::breaker::Breaker;
+use super::log::PluginLog;
+use super::runtime::{Fault, FaultKind, Instance, Limits};
+use super::slot::Slot;
+use super::spares::{Factory, Spares};
+use crate::config::PluginErrorPolicy;
+use crate::observe::logging::RateLimit;
+use crate::observe::metrics::PluginMetrics;
+
+/// Why a call did not produce an answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The plugin ran and failed.
+    Fault(Fault),
+    /// The plugin was not called: its circuit is open, or no instance is ready yet.
+    Skipped(&'static str),
+}
+
+/// Fault counters of one binding, resolved once.
+struct Counters {
+    faults: [IntCounter; 5],
+    circuit_open: IntCounter,
+    not_ready: IntCounter,
+}
+
+fn kind_index(k: FaultKind) -> usize {
+    match k {
+        FaultKind::Trap => 0,
+        FaultKind::Timeout => 1,
+        FaultKind::Memory => 2,
+        FaultKind::Invalid => 3,
+        FaultKind::Init => 4,
+    }
+}
+
+pub struct Binding {
+    /// Index into the thread-local instance cache.
+    id: usize,
+    pub slot: Arc<Slot>,
+    pub service: String,
+    pub settings: Arc<str>,
+    pub policy: PluginErrorPolicy,
+    pub limits: Limits,
+    pub log: Arc<PluginLog>,
+    counters: Counters,
+    fault_log: RateLimit,
+    pub breaker: Breaker,
+    spares: Spares,
+    factory: Arc<Factory>,
+}
+
+static BINDING_IDS: AtomicUsize = AtomicUsize::new(0);
+
+/// An instance and the generation of the version it runs.
+type Cached = Option<(u64, Box<dyn Instance>)>;
+
+thread_local! {
+    /// Instances of this thread, indexed by binding id.
+    static INSTANCES: RefCell<Vec<Cached>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a new binding needs.
+pub struct BindingSpec {
+    pub slot: Arc<Slot>,
+    pub service: String,
+    pub settings: Arc<str>,
+    pub policy: PluginErrorPolicy,
+    pub limits: Limits,
+    /// Threads that may call it at once (the size of its spares queue is one more).
+    pub threads: usize,
+}
+
+impl Binding {
+    pub fn new(spec: BindingSpec, metrics: &PluginMetrics, factory: Arc<Factory>) -> Arc<Binding> {
+        let (p, s) = (spec.slot.name.as_str(), spec.service.as_str());
+        let fault = |k: &str| metrics.faults.with_label_values(&[p, s, k]);
+        let b = Arc::new(Binding {
+            id: BINDING_IDS.fetch_add(1, Relaxed),
+            log: Arc::new(PluginLog::new(
+                p,
+                s,
+                Some(metrics.log_dropped.with_label_values(&[p, s])),
+            )),
+            counters: Counters {
+                faults: [
+                    fault("trap"),
+                    fault("timeout"),
+                    fault("memory"),
+                    fault("invalid"),
+                    fault("init"),
+                ],
+                circuit_open: metrics.skipped.with_label_values(&[p, s, "circuit_open"]),
+                not_ready: metrics.skipped.with_label_values(&[p, s, "not_ready"]),
+            },
+            slot: spec.slot,
+            service: spec.service,
+            settings: spec.settings,
+            policy: spec.policy,
+            limits: spec.limits,
+            fault_log: RateLimit::default(),
+            breaker: Breaker::default(),
+            spares: Spares::new(spec.threads + 1),
+            factory: factory.clone(),
+        });
+        factory.register(&b);
+        b
+    }
+
+    /// A fresh instance of the current version (slow: never on the request path).
+    pub fn instantiate(&self) -> Result<(u64, Box<dyn Instance>), Fault> {
+        let loaded = self.slot.current();
+        let inst = loaded
+            .code
+            .instantiate(&self.settings, self.limits, self.log.clone())?;
+        Ok((loaded.generation, inst))
+    }
+
+    /// Fills this binding's spares with instances of the current version (factory thread, and
+    /// once at start-up so that the first requests find them).
+    pub fn refill(&self) {
+        let loaded = self.slot.current();
+        let made = self.spares.fill(loaded.generation, || {
+            loaded
+                .code
+                .instantiate(&self.settings, self.limits, self.log.clone())
+        });
+        if let Err(f) = made {
+            self.fault("instantiate", &f);
+        }
+    }
+
+    /// Runs `f` on this thread's instance of the current version. Faults discard the instance
+    /// and feed the breaker; the caller decides what the service does instead (the policy).
+    pub fn call<R>(
+        &self,
+        f: impl FnOnce(&mut dyn Instance) -> Result<R, Fault>,
+    ) -> Result<R, CallError> {
+        if !self.breaker.allows() {
+            self.counters.circuit_open.inc();
+            return Err(CallError::Skipped("circuit open"));
+        }
+        let generation = self.slot.generation();
+        INSTANCES.with(|cell| {
+            let mut cache = cell.borrow_mut();
+            if cache.len() <= self.id {
+                cache.resize_with(self.id + 1, || None);
+            }
+            let entry = &mut cache[self.id];
+            if entry.as_ref().map(|(g, _)| *g) != Some(generation) {
+                match self.spares.take(generation, &self.factory) {
+                    Some(fresh) => {
+                        if let Some((_, old)) = entry.replace((generation, fresh)) {
+                            self.factory.dispose(old);
+                        }
+                    }
+                    // A stale instance (a reload just happened) keeps serving until a fresh
+                    // one is ready; with none at all the call is skipped.
+                    None if entry.is_some() => {}
+                    None => {
+                        self.factory.poke();
+                        self.counters.not_ready.inc();
+                        return Err(CallError::Skipped("no instance ready"));
+                    }
+                }
+                self.factory.poke();
+            }
+            let (_, inst) = entry.as_mut().expect("filled above");
+            match f(inst.as_mut()) {
+                Ok(r) => {
+                    self.breaker.success();
+                    Ok(r)
+                }
+                Err(fault) => {
+                    if let Some((_, old)) = entry.take() {
+                        self.factory.dispose(old);
+                    }
+                    self.factory.poke();
+                    Err(CallError::Fault(fault))
+                }
+            }
+        })
+    }
+
+    /// Counts and logs a fault (at most once per second per binding) and feeds the breaker.
+    pub fn fault(&self, hook: &str, f: &Fault) {
+        self.counters.faults[kind_index(f.kind)].inc();
+        let tripped = self.breaker.failure();
+        if self.fault_log.allow() || tripped.is_some() {
+            tracing::warn!(
+                plugin = %self.slot.name,
+                service = %self.service,
+                hook,
+                kind = f.kind.as_str(),
+                policy = ?self.policy,
+                "plugin failed: {}",
+                f.message
+            );
+        }
+        if let Some(ms) = tripped {
+            tracing::warn!(
+                plugin = %self.slot.name,
+                service = %self.service,
+                "plugin keeps failing: not called for {ms} ms (policy {:?} answers instead)",
+                self.policy
+            );
+        }
+    }
+
+    /// Reports a failed call (a fault is counted; a skip is already counted).
+    pub fn failed(&self, hook: &str, e: &CallError) {
+        if let CallError::Fault(f) = e {
+            self.fault(hook, f);
+        }
+    }
+
+    pub fn rejects(&self) -> bool {
+        self.policy == PluginErrorPolicy::Reject
+    }
+}

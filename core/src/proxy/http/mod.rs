@@ -1,0 +1,5 @@
+//! L7 mode: the listener that holds idle clients cheaply ([`listener`]) and Plugboard's
+//! hooks in pingora's proxy phases ([`phases`]).
+
+pub mod listener;
+pub mod phases;

@@ -1,0 +1,173 @@
+//! L4 mode: the listening service that balances TCP connections.
+//!
+//! Path of a connection: (1) if the persistence-key hook wants the client's first bytes, read
+//! them until the hook has a whole message or `inspect_timeout` passes; (2) persistence key
+//! and backend choice as in http mode; (3) connect, trying another backend on failure up to
+//! `retries` times; (4) send the inspected bytes unchanged, then copy both ways
+//! ([`crate::relay`]) until both sides are done or nothing moved for `idle_timeout`.
+
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::balance::balancer::Balancer;
+use crate::balance::hooks::{KeyOutcome, Request};
+use crate::config::Mode;
+use crate::io::listener;
+use relay::relay;
+
+/// The largest first message a hook may ask to see.
+pub const MAX_INSPECT_BYTES: usize = 16 * 1024;
+
+/// The listening service of one `mode = "tcp"` service.
+pub struct TcpService {
+    name: String,
+    sockets: Vec<std::net::TcpListener>,
+    balancer: Arc<Balancer>,
+}
+
+impl TcpService {
+    /// Binds every address now, so that a busy or forbidden address is an error at start-up.
+    pub fn bind(
+        name: String,
+        addrs: &[SocketAddr],
+        balancer: Arc<Balancer>,
+    ) -> Result<Self, String> {
+        Ok(TcpService {
+            sockets: listener::bind(&name, addrs)?,
+            name,
+            balancer,
+        })
+    }
+
+    /// Reads the client's first bytes until the hook is satisfied, the client stops sending,
+    /// or the inspect timeout passes. Returns the bytes read (all of them are forwarded).
+    async fn inspect(balancer: &Balancer, client: &mut TcpStream, req: &Request<'_>) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(1024);
+        let deadline = tokio::time::Instant::now() + balancer.config().inspect_timeout;
+        let mut chunk = [0u8; 2048];
+        loop {
+            let read = tokio::time::timeout_at(deadline, client.read(&mut chunk)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.len() >= MAX_INSPECT_BYTES {
+                        return buf;
+                    }
+                    let r = Request {
+                        payload: &buf,
+                        ..*req
+                    };
+                    if balancer.key(&r) != KeyOutcome::NeedMore {
+                        return buf;
+                    }
+                }
+                // EOF, error or timeout: balance with what we have.
+                _ => return buf,
+            }
+        }
+    }
+}
+
+/// Connects without the `getsockopt(SO_ERROR)` that tokio's connect makes: on Linux a failed
+/// non-blocking connect reports an error or hang-up event with its writability, so the
+/// readiness alone tells (as HAProxy does).
+async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&addr.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    let tcp = TcpStream::from_std(s.into())?;
+    let ready = tcp.ready(tokio::io::Interest::WRITABLE).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(tcp
+            .take_error()?
+            .unwrap_or_else(|| std::io::ErrorKind::ConnectionRefused.into()));
+    }
+    Ok(tcp)
+}
+
+#[async_trait]
+impl Service for TcpService {
+    /// `_fds`: see [`crate::http_listener::HttpListener`]; the sockets were bound in
+    /// [`TcpService::bind`].
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let balancer = self.balancer.clone();
+        let sockets = std::mem::take(&mut self.sockets);
+        // Relays already running are left to finish; the server ends them after its grace period.
+        listener::serve(&self.name, sockets, shutdown, move |tcp, peer| {
+            tokio::spawn(TcpService::proxy(balancer.clone(), tcp, peer));
+        })
+        .await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl TcpService {
+    /// One client connection, from its first bytes to the end of the relay.
+    async fn proxy(b: Arc<Balancer>, mut client: TcpStream, peer: SocketAddr) {
+        let cfg = b.config();
+        let base = Request {
+            service: &cfg.name,
+            mode: Mode::Tcp,
+            client: Some(peer),
+            http: None,
+            payload: &[],
+            key: None,
+        };
+        let payload = if b.wants_payload() {
+            Self::inspect(&b, &mut client, &base).await
+        } else {
+            Vec::new()
+        };
+        let req = Request {
+            payload: &payload,
+            ..base
+        };
+        let outcome = match b.key(&req) {
+            KeyOutcome::NeedMore => KeyOutcome::None,
+            o => o,
+        };
+
+        let mut failed = Vec::new();
+        let (i, mut server) = loop {
+            let Some(i) = b.choose(&req, &outcome, &failed) else {
+                return;
+            };
+            match tokio::time::timeout(cfg.connect_timeout, connect(b.pool.get(i).address)).await {
+                Ok(Ok(s)) => break (i, s),
+                _ => {
+                    b.connect_failed(i);
+                    failed.push(i);
+                    if failed.len() > cfg.retries as usize {
+                        return;
+                    }
+                }
+            }
+        };
+        let _active = b.pool.acquire(i);
+        if !payload.is_empty() && server.write_all(&payload).await.is_err() {
+            return;
+        }
+        drop(payload);
+        relay(&client, &server, cfg.idle_timeout).await;
+    }
+}
