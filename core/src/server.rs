@@ -13,9 +13,10 @@ use pingora::services::listening::Service;
 use crate::balance::balancer::{Balancer, HookSource, NoPlugins};
 use crate::config::{Config, Mode};
 use crate::health::HealthService;
+use crate::io::limits::{self, Limit, Limits};
 use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::plugin::registry::Registry;
-use crate::proxy::http::listener::HttpListener;
+use crate::proxy::http::listener::{HttpListener, Timeouts};
 use crate::proxy::http::phases::HttpService;
 use crate::proxy::tcp::TcpService;
 
@@ -80,16 +81,27 @@ impl Built {
                 reg.watch(dir)?;
             }
         }
+        let process = Limit::new(process_max_connections(cfg));
         for b in &self.balancers {
             let s = b.config();
             let name = format!("{} ({})", s.name, s.mode.as_str());
+            let limits = Limits {
+                service: s.max_connections.map(Limit::new),
+                process: process.clone(),
+            };
             match s.mode {
                 Mode::Http => {
                     let proxy = pingora::proxy::http_proxy(&conf, HttpService::new(b.clone()));
-                    server.add_service(HttpListener::bind(name, &s.listen, proxy, s.idle_timeout)?);
+                    let timeouts = Timeouts {
+                        idle: s.idle_timeout,
+                        header: s.header_timeout,
+                    };
+                    server.add_service(HttpListener::bind(
+                        name, &s.listen, proxy, timeouts, limits,
+                    )?);
                 }
                 Mode::Tcp => {
-                    server.add_service(TcpService::bind(name, &s.listen, b.clone())?);
+                    server.add_service(TcpService::bind(name, &s.listen, b.clone(), limits)?);
                 }
             }
         }
@@ -112,5 +124,32 @@ impl Built {
             server.add_service(svc);
         }
         Ok(server)
+    }
+}
+
+/// `[proxy] max_connections`, or what the descriptor limit allows (raised to its hard limit
+/// first). A configured value above that is kept, with a warning: beyond it, accepts fail
+/// with EMFILE and wait (see [`crate::io::listener`]).
+fn process_max_connections(cfg: &Config) -> usize {
+    let nofile = limits::raise_descriptor_limit();
+    let derived = limits::derived_max_connections(nofile);
+    match cfg.proxy.max_connections {
+        None => {
+            tracing::info!(
+                max_connections = derived,
+                descriptors = nofile,
+                "connection limit derived from the descriptor limit"
+            );
+            derived
+        }
+        Some(n) => {
+            if n > derived {
+                tracing::warn!(
+                    "[proxy] max_connections = {n}, but {nofile} descriptors allow about {derived}; \
+                     beyond that, new connections wait for descriptors"
+                );
+            }
+            n
+        }
     }
 }

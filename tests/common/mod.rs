@@ -60,18 +60,48 @@ pub struct Proxy {
 impl Proxy {
     /// Writes `config` to a temp dir and starts the proxy; waits until `ready` accepts.
     pub async fn start(config: &str, ready: SocketAddr) -> Proxy {
+        Self::start_with(config, ready, |_| {}).await
+    }
+
+    /// As [`Proxy::start`], with the descriptor limit (soft and hard) set to `nofile`.
+    pub async fn start_with_nofile(config: &str, ready: SocketAddr, nofile: u64) -> Proxy {
+        Self::start_with(config, ready, move |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+        .await
+    }
+
+    /// As [`Proxy::start`], with `adjust` applied to the command first.
+    pub async fn start_with(
+        config: &str,
+        ready: SocketAddr,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plugboard.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.path().join("plugboard.log");
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start plugboard");
+            .stderr(std::fs::File::create(&log).unwrap());
+        adjust(&mut cmd);
+        let child = cmd.spawn().expect("start plugboard");
         let mut p = Proxy { child, dir, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -92,6 +122,35 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time the proxy has used (user + system), in clock ticks (1/100 s).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may contain spaces) start after ") ".
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: a plain kill(2) on our child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit, up to `limit`; its exit status if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -274,6 +333,11 @@ impl Client {
         req.push_str("\r\n");
         self.w.write_all(req.as_bytes()).await?;
         self.read_response().await
+    }
+
+    /// Writes raw bytes (several pipelined requests, a partial header...).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.w.write_all(bytes).await
     }
 
     /// Sends a request with a body (`Content-Length`) and reads the response.

@@ -3,9 +3,9 @@
 //! A connection waiting in its own task costs the task, its socket's registration with tokio's
 //! reactor and a timer: about 1.3 KB, a little more than HAProxy's ~1.1 KB. A connection that
 //! has been silent for [`PARK_AFTER`] leaves its task and waits here instead: the bare socket in
-//! one epoll set per listener, watched by one task, plus an entry in a deadline heap. When the
-//! client speaks the socket goes back to tokio and a new task picks it up; when its deadline
-//! passes it is closed. Busy connections never come here, so the request path is unchanged.
+//! one epoll set per listener, watched by one task, plus an entry in an ordered set of
+//! deadlines. When the client speaks the socket goes back to tokio, its deadline is forgotten,
+//! and a new task picks it up; when its deadline passes it is closed. Busy connections never come here, so the request path is unchanged.
 //! Half a second after a batch is parked, the memory its tasks freed is given back to the
 //! system ([`crate::memory`]), so that a burst of connections gone idle does not stay resident.
 //!
@@ -23,8 +23,7 @@
 //! # }
 //! ```
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -110,15 +109,16 @@ impl<T: Send + 'static> LotWatcher<T> {
 /// The parked connections of one lot, owned by its task.
 struct Lot<T> {
     slots: Slab<Slot<T>>,
-    /// Deadlines, earliest first; an entry whose slot was since woken or reused is skipped.
-    deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    next_id: u64,
+    /// (deadline, slot key) of every parked connection, earliest first. Removed when the
+    /// connection wakes, so a client that keeps pausing just over [`PARK_AFTER`] between
+    /// requests leaves nothing behind.
+    deadlines: BTreeSet<(Instant, usize)>,
 }
 
 struct Slot<T> {
     tcp: std::net::TcpStream,
     state: T,
-    id: u64,
+    deadline: Instant,
 }
 
 async fn watch<T>(
@@ -129,14 +129,13 @@ async fn watch<T>(
 ) {
     let mut lot = Lot {
         slots: Slab::new(),
-        deadlines: BinaryHeap::new(),
-        next_id: 0,
+        deadlines: BTreeSet::new(),
     };
     let mut events = Events::with_capacity(EVENTS);
     let mut release_at = None;
     let mut parked_since_release = 0;
     loop {
-        let next_deadline = lot.deadlines.peek().map(|Reverse((d, _, _))| *d);
+        let next_deadline = lot.deadlines.first().map(|(d, _)| *d);
         tokio::select! {
             biased;
             () = crate::io::listener::stopping(&mut shutdown) => return,
@@ -195,8 +194,6 @@ impl<T> Lot<T> {
             state,
         } = p;
         let fd = tcp.as_raw_fd();
-        let id = self.next_id;
-        self.next_id += 1;
         let entry = self.slots.vacant_entry();
         let key = entry.key();
         // Edge-triggered; bytes that arrived before this call are reported by the next poll.
@@ -205,29 +202,94 @@ impl<T> Lot<T> {
             .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
             .is_ok()
         {
-            entry.insert(Slot { tcp, state, id });
-            self.deadlines.push(Reverse((deadline, id, key)));
+            entry.insert(Slot {
+                tcp,
+                state,
+                deadline,
+            });
+            self.deadlines.insert((deadline, key));
         }
     }
 
     /// The connection in `key`, back on tokio's reactor.
     fn take(&mut self, poll: &Poll, key: usize) -> Option<(TcpStream, T)> {
-        let Slot { tcp, state, .. } = self.slots.try_remove(key)?;
+        let Slot {
+            tcp,
+            state,
+            deadline,
+        } = self.slots.try_remove(key)?;
+        self.deadlines.remove(&(deadline, key));
         let _ = poll.registry().deregister(&mut SourceFd(&tcp.as_raw_fd()));
         TcpStream::from_std(tcp).ok().map(|tcp| (tcp, state))
     }
 
     /// Closes every connection whose deadline is not after `now`.
     fn expire(&mut self, now: Instant) {
-        while let Some(Reverse((deadline, id, key))) = self.deadlines.peek().copied() {
+        while let Some(&(deadline, key)) = self.deadlines.first() {
             if deadline > now {
                 return;
             }
-            self.deadlines.pop();
-            if self.slots.get(key).is_some_and(|s| s.id == id) {
-                // Closing the socket also takes it out of the epoll set.
-                self.slots.remove(key);
-            }
+            self.deadlines.pop_first();
+            // Closing the socket also takes it out of the epoll set.
+            self.slots.try_remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_woken_connection_leaves_no_deadline_behind() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let poll = Poll::new().unwrap();
+        let mut lot = Lot::<u32> {
+            slots: Slab::new(),
+            deadlines: BTreeSet::new(),
+        };
+        let mut clients = Vec::new();
+        let far = Instant::now() + Duration::from_secs(3600);
+        // A client that pauses just long enough to be parked, a thousand times.
+        for n in 0..1000 {
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+            let (tcp, _) = listener.accept().unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            lot.add(
+                &poll,
+                Parked {
+                    tcp,
+                    deadline: far,
+                    state: n,
+                },
+            );
+            let key = lot.slots.iter().next().unwrap().0;
+            assert_eq!(lot.take(&poll, key).map(|(_, s)| s), Some(n));
+            assert!(lot.deadlines.is_empty(), "deadline kept after wake {n}");
+        }
+        // Expiry closes exactly the connections whose time has come.
+        let (tcp, _) = (std::net::TcpStream::connect(addr).unwrap(), ());
+        clients.push(tcp);
+        let (tcp, _) = listener.accept().unwrap();
+        let soon = Instant::now();
+        lot.add(
+            &poll,
+            Parked {
+                tcp,
+                deadline: soon,
+                state: 7,
+            },
+        );
+        lot.expire(soon - Duration::from_millis(1));
+        assert_eq!(lot.slots.len(), 1);
+        lot.expire(soon);
+        assert_eq!(lot.slots.len(), 0);
+        assert!(lot.deadlines.is_empty());
     }
 }

@@ -1,5 +1,6 @@
 //! L7 mode: the listener that holds idle clients cheaply ([`listener`]) and Plugboard's
 //! hooks in pingora's proxy phases ([`phases`]).
 
+mod client_socket;
 pub mod listener;
 pub mod phases;

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use crate::balance::balancer::Balancer;
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::config::Mode;
+use crate::io::limits::Limits;
 use crate::io::listener;
 use relay::relay;
 
@@ -31,6 +32,7 @@ pub struct TcpService {
     name: String,
     sockets: Vec<std::net::TcpListener>,
     balancer: Arc<Balancer>,
+    limits: Limits,
 }
 
 impl TcpService {
@@ -39,11 +41,13 @@ impl TcpService {
         name: String,
         addrs: &[SocketAddr],
         balancer: Arc<Balancer>,
+        limits: Limits,
     ) -> Result<Self, String> {
         Ok(TcpService {
             sockets: listener::bind(&name, addrs)?,
             name,
             balancer,
+            limits,
         })
     }
 
@@ -110,9 +114,19 @@ impl Service for TcpService {
         let balancer = self.balancer.clone();
         let sockets = std::mem::take(&mut self.sockets);
         // Relays already running are left to finish; the server ends them after its grace period.
-        listener::serve(&self.name, sockets, shutdown, move |tcp, peer| {
-            tokio::spawn(TcpService::proxy(balancer.clone(), tcp, peer));
-        })
+        listener::serve(
+            &self.name,
+            sockets,
+            self.limits.clone(),
+            shutdown,
+            move |tcp, peer, slots| {
+                let b = balancer.clone();
+                tokio::spawn(async move {
+                    TcpService::proxy(b, tcp, peer).await;
+                    drop(slots);
+                });
+            },
+        )
         .await;
     }
 

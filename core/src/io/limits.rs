@@ -1,0 +1,98 @@
+//! How many client connections may be open at once: per service (`max_connections`) and for
+//! the whole process (`[proxy] max_connections`, by default derived from the descriptor limit).
+//!
+//! An accept loop takes a slot from both limits *before* it accepts, so that above a limit new
+//! connections wait in the kernel's listen backlog (the client sees a slow connect, not a
+//! reset) and the process never runs out of descriptors for the connections it has. A slot is
+//! held by the connection wherever it is (its task, the parking lot) and returned when it
+//! closes.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Descriptors kept free beyond two per connection: listeners, epoll sets, pooled upstream
+/// connections, health checks, plugin helpers, log files.
+const RESERVE_MIN: u64 = 256;
+
+/// One limit; cheap to clone.
+#[derive(Clone)]
+pub struct Limit(Arc<Semaphore>);
+
+impl Limit {
+    pub fn new(max: usize) -> Self {
+        Limit(Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))))
+    }
+}
+
+/// The slots a connection holds (its service's and the process's).
+pub struct Slots {
+    _service: Option<OwnedSemaphorePermit>,
+    _process: OwnedSemaphorePermit,
+}
+
+/// The limits an accept loop obeys.
+#[derive(Clone)]
+pub struct Limits {
+    pub service: Option<Limit>,
+    pub process: Limit,
+}
+
+impl Limits {
+    /// Waits until both limits have room, then holds a slot of each.
+    pub async fn acquire(&self) -> Slots {
+        let service = match &self.service {
+            Some(l) => Some(l.0.clone().acquire_owned().await.expect("never closed")),
+            None => None,
+        };
+        let process = self
+            .process
+            .0
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        Slots {
+            _service: service,
+            _process: process,
+        }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one (as HAProxy does) and returns it.
+pub fn raise_descriptor_limit() -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+/// Descriptors open in this process now.
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(64)
+}
+
+/// The connection limit the descriptor limit allows: two descriptors per proxied connection
+/// (client and backend), after what is open now and a reserve.
+pub fn derived_max_connections(nofile: u64) -> usize {
+    let reserve = open_descriptors() + RESERVE_MIN.min(nofile / 4);
+    (nofile.saturating_sub(reserve) / 2).max(1) as usize
+}

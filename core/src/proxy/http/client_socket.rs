@@ -1,0 +1,249 @@
+//! The client socket as pingora sees it: a virtual socket over our tokio `TcpStream` that
+//! reads without extra system calls, gathers a response's writes into one, and notices where
+//! each request's header ends (for `header_timeout` and pipelining).
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::io::socket;
+
+/// Writes up to this size are gathered until pingora flushes.
+const GATHER: usize = 16 * 1024;
+
+/// A client connection, shared by its task (which waits on the socket between requests and
+/// parks it) and pingora's view of it during a request.
+#[derive(Debug)]
+pub struct Client {
+    pub tcp: TcpStream,
+    /// The current request's header has been read to its end (or is not tracked).
+    header_done: AtomicBool,
+    /// Bytes were read after the end of the current request's header: a body, or the start
+    /// of a pipelined request.
+    after_header: AtomicBool,
+}
+
+impl Client {
+    pub fn new(tcp: TcpStream) -> Self {
+        Client {
+            tcp,
+            header_done: AtomicBool::new(false),
+            after_header: AtomicBool::new(false),
+        }
+    }
+
+    /// A new request starts: its header is tracked from its first byte unless `tracked` is
+    /// false (pipelined bytes already read by pingora, which we never see).
+    pub fn start_request(&self, tracked: bool) {
+        self.header_done.store(!tracked, Relaxed);
+        self.after_header.store(false, Relaxed);
+    }
+
+    pub fn header_done(&self) -> bool {
+        self.header_done.load(Relaxed)
+    }
+
+    /// Bytes followed the last request's header (so a pipelined request may be buffered).
+    pub fn read_after_header(&self) -> bool {
+        self.after_header.load(Relaxed)
+    }
+}
+
+/// Finds the end of an HTTP/1 header (`\n\n` or `\n\r\n`) in the bytes read so far.
+#[derive(Debug, Default)]
+struct HeaderScan {
+    /// The last two bytes seen, oldest first.
+    last: [u8; 2],
+}
+
+impl HeaderScan {
+    /// Feeds `bytes`; returns the offset just past the header's end if it is in them.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(b'\n', &bytes[from..]).map(|i| from + i) {
+            let p1 = if i >= 1 { bytes[i - 1] } else { self.last[1] };
+            let p2 = match i {
+                0 => self.last[0],
+                1 => self.last[1],
+                _ => bytes[i - 2],
+            };
+            if p1 == b'\n' || (p1 == b'\r' && p2 == b'\n') {
+                return Some(i + 1);
+            }
+            from = i + 1;
+        }
+        match bytes.len() {
+            0 => {}
+            1 => self.last = [self.last[1], bytes[0]],
+            n => self.last = [bytes[n - 2], bytes[n - 1]],
+        }
+        None
+    }
+}
+
+/// pingora's view of the client socket for one request.
+#[derive(Debug)]
+pub struct ClientSocket {
+    client: Arc<Client>,
+    scan: HeaderScan,
+    /// Gathered writes, and how much of them has been sent.
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl ClientSocket {
+    pub fn new(client: Arc<Client>) -> Self {
+        ClientSocket {
+            client,
+            scan: HeaderScan::default(),
+            out: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    fn saw(&mut self, bytes: &[u8]) {
+        let c = &self.client;
+        if c.header_done() {
+            if !bytes.is_empty() {
+                c.after_header.store(true, Relaxed);
+            }
+        } else if let Some(end) = self.scan.feed(bytes) {
+            c.header_done.store(true, Relaxed);
+            if end < bytes.len() {
+                c.after_header.store(true, Relaxed);
+            }
+        }
+    }
+}
+
+impl VirtualSocket for ClientSocket {
+    fn set_socket_option(&self, opt: VirtualSockOpt) -> io::Result<()> {
+        match opt {
+            VirtualSockOpt::NoDelay => self.client.tcp.set_nodelay(true),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for ClientSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let tcp = &self.client.tcp;
+            ready!(tcp.poll_read_ready(cx))?;
+            // SAFETY: recv only writes into the slice; assume_init below covers exactly the
+            // bytes it reported.
+            let unfilled: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
+            let got = match socket::try_recv(tcp, unfilled) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            // SAFETY: recv initialised `got` bytes of the unfilled part.
+            unsafe { buf.assume_init(got) };
+            let start = buf.filled().len();
+            buf.advance(got);
+            let me = &mut *self;
+            me.saw(&buf.filled()[start..]);
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+impl AsyncWrite for ClientSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // pingora writes a response's header and body separately and then flushes: gather
+        // small writes so that a small response leaves in one segment and one system call.
+        if self.out.len() + buf.len() > GATHER {
+            ready!(self.as_mut().poll_flush(cx))?;
+        }
+        if buf.len() <= GATHER {
+            self.out.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let tcp = &self.client.tcp;
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        let tcp = &me.client.tcp;
+        while me.sent < me.out.len() {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(&me.out[me.sent..]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => me.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // Released, not kept: a kept-alive connection waits for its next request without it.
+        me.out = Vec::new();
+        me.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Poll::Ready(
+            match SockRef::from(&self.client.tcp).shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                r => r,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(chunks: &[&[u8]]) -> Option<(usize, usize)> {
+        let mut s = HeaderScan::default();
+        chunks
+            .iter()
+            .enumerate()
+            .find_map(|(n, c)| s.feed(c).map(|at| (n, at)))
+    }
+
+    #[test]
+    fn header_end_is_found_across_reads() {
+        assert_eq!(end(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]), Some((0, 27)));
+        assert_eq!(end(&[b"GET / HTTP/1.1\nHost: a\n\nGET"]), Some((0, 24)));
+        assert_eq!(
+            end(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r\n"]),
+            Some((1, 2))
+        );
+        assert_eq!(
+            end(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r", b"\n"]),
+            Some((2, 1))
+        );
+        assert_eq!(
+            end(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r", b"\n"]),
+            Some((2, 1))
+        );
+        assert_eq!(end(&[b"GET / HTTP/1.1\r\n", b"Host: a\r\n"]), None);
+        assert_eq!(end(&[b"\r\nGET"]), None);
+    }
+}
