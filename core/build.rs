@@ -2,8 +2,8 @@
 //! embeds them in the binary, so that `plugin:rdp-cookie` and friends need no file.
 //!
 //! The nested cargo uses its own target directory, so it never waits on the outer build's
-//! lock. Without the wasm32 target the build still succeeds: the stock plugins are then
-//! missing from the binary and `plugboard check` says so for each reference.
+//! lock. Without the wasm32 target the build fails with a message saying how to install it
+//! (`scripts/setup` does): a binary without the stock plugins would refuse every seed example.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,26 +24,29 @@ fn main() {
         );
     }
 
-    let built = build(&root, &out.join("stock-target"));
-    let mut code = String::from("/// Stock plugins embedded at build time: (name, wasm bytes; empty if not built).\npub static STOCK: &[(&str, &[u8])] = &[\n");
+    if let Err(e) = build(&root, &out.join("stock-target")) {
+        eprintln!(
+            "\nerror: the stock plugins (rdp-cookie, mcx-affinity, agent-load) could not be built \
+             to WebAssembly, and plugboard embeds them.\n{e}\nInstall the target with \
+             `rustup target add wasm32-unknown-unknown` (./scripts/setup does), then build again.\n"
+        );
+        std::process::exit(1);
+    }
+    let mut code = String::from("/// Stock plugins embedded at build time: (name, wasm bytes).\npub static STOCK: &[(&str, &[u8])] = &[\n");
     for p in STOCK {
         let wasm = out
             .join("stock-target/wasm32-unknown-unknown/release")
             .join(format!("{}.wasm", p.replace('-', "_")));
-        if built && wasm.is_file() {
-            code.push_str(&format!(
-                "    ({p:?}, include_bytes!({:?})),\n",
-                wasm.display().to_string()
-            ));
-        } else {
-            code.push_str(&format!("    ({p:?}, &[]),\n"));
-        }
+        code.push_str(&format!(
+            "    ({p:?}, include_bytes!({:?})),\n",
+            wasm.display().to_string()
+        ));
     }
     code.push_str("];\n");
     std::fs::write(out.join("stock.rs"), code).unwrap();
 }
 
-fn build(root: &Path, target_dir: &Path) -> bool {
+fn build(root: &Path, target_dir: &Path) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -69,21 +72,16 @@ fn build(root: &Path, target_dir: &Path) -> bool {
         cmd.env_remove(v);
     }
     match cmd.output() {
-        Ok(o) if o.status.success() => true,
+        Ok(o) if o.status.success() => Ok(()),
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
-            let last = err
+            Err(err
                 .lines()
                 .filter(|l| l.contains("error"))
-                .take(3)
+                .take(5)
                 .collect::<Vec<_>>()
-                .join(" | ");
-            println!("cargo:warning=stock plugins not built (is the wasm32-unknown-unknown target installed?): {last}");
-            false
+                .join("\n"))
         }
-        Err(e) => {
-            println!("cargo:warning=stock plugins not built: cannot run cargo: {e}");
-            false
-        }
+        Err(e) => Err(format!("cannot run cargo: {e}")),
     }
 }

@@ -3,6 +3,8 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -284,15 +286,17 @@ async fn failing_health_check_removes_and_restores_backend() {
     let (bs, list) = three([1, 1, 1]).await;
     let listen = free_addr();
     let extra = "health_check = { kind = \"http\", path = \"/health\", interval = \"200ms\", timeout = \"500ms\", rise = 2, fall = 3 }";
-    let _p = Proxy::start(&service(listen, extra, &list), listen).await;
+    let p = Proxy::start(&service(listen, extra, &list), listen).await;
     let sick = bs[1].addr.to_string();
     bs[1].set_health(503);
-    // Down within fall x interval (plus one interval of jitter and scheduling slack).
-    tokio::time::sleep(Duration::from_millis(3 * 200 + 400)).await;
+    let down = format!("backend={sick}");
+    p.wait_log(&["backend is DOWN", &down], 1, Duration::from_secs(5))
+        .await;
     let bodies = keepalive_gets(listen, 60).await;
     assert!(!bodies.contains(&sick), "{sick} still receives traffic");
     bs[1].set_health(200);
-    tokio::time::sleep(Duration::from_millis(2 * 200 + 400)).await;
+    p.wait_log(&["backend is UP", &down], 1, Duration::from_secs(5))
+        .await;
     let bodies = keepalive_gets(listen, 60).await;
     assert_near(
         bodies.iter().filter(|b| **b == sick).count(),
@@ -348,7 +352,8 @@ async fn no_backend_left_gives_503_and_keeps_connection() {
     let listen = free_addr();
     let extra = "health_check = { kind = \"tcp\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }";
     let p = Proxy::start(&service(listen, extra, &[(dead, 1)]), listen).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.wait_log(&["backend is DOWN"], 1, Duration::from_secs(5))
+        .await;
     let mut c = Client::connect(listen).await.unwrap();
     for _ in 0..3 {
         let r = tokio::time::timeout(Duration::from_secs(5), c.get("/", &[]))
@@ -384,10 +389,11 @@ async fn slow_start_ramps_a_returning_backend() {
     let (bs, list) = three([1, 1, 1]).await;
     let listen = free_addr();
     let extra = "scheduler = \"round_robin\"\nslow_start = \"3s\"\nhealth_check = { kind = \"http\", path = \"/health\", interval = \"100ms\", rise = 1, fall = 1 }";
-    let _p = Proxy::start(&service(listen, extra, &list), listen).await;
+    let p = Proxy::start(&service(listen, extra, &list), listen).await;
     let back = bs[2].addr.to_string();
     bs[2].set_health(500);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.wait_log(&["backend is DOWN"], 1, Duration::from_secs(5))
+        .await;
     bs[2].set_health(200);
     assert!(
         eventually(Duration::from_secs(2), async || keepalive_gets(listen, 10)
@@ -532,5 +538,113 @@ async fn busy_listen_address_is_refused_at_start() {
     assert!(
         err.contains(&format!("cannot listen on {listen}")) && err.contains("service http-svc"),
         "{err}"
+    );
+}
+
+/// A health endpoint on its own port that records the `Host` of each check and answers
+/// with a settable status.
+struct HealthPort {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    hosts: Arc<Mutex<Vec<String>>>,
+}
+
+impl HealthPort {
+    async fn start() -> HealthPort {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(200));
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let (s, h) = (status.clone(), hosts.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, h) = (s.clone(), h.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 4096];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if let Some(host) = req.lines().find_map(|l| {
+                        l.strip_prefix("Host: ")
+                            .or_else(|| l.strip_prefix("host: "))
+                    }) {
+                        h.lock().unwrap().push(host.trim().to_string());
+                    }
+                    let code = s.load(Ordering::SeqCst);
+                    let _ = conn
+                        .write_all(
+                            format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        HealthPort {
+            addr,
+            status,
+            hosts,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_port_and_host_are_used() {
+    let a = HttpBackend::start().await;
+    let check = HealthPort::start().await;
+    let listen = free_addr();
+    let extra = format!(
+        "health_check = {{ kind = \"http\", path = \"/status\", port = {}, host = \"health.example\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }}",
+        check.addr.port()
+    );
+    let p = Proxy::start(&service(listen, &extra, &[(a.addr, 1)]), listen).await;
+    let checked = eventually(Duration::from_secs(5), async || {
+        !check.hosts.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(checked, "the check port was never checked");
+    assert!(check
+        .hosts
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|h| h == "health.example"));
+    assert_eq!(get_once(listen, "/").await.unwrap().status, 200);
+    // The check port fails: the backend goes down although its traffic port is fine.
+    check.status.store(503, Ordering::SeqCst);
+    p.wait_log(&["backend is DOWN"], 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(get_once(listen, "/").await.unwrap().status, 503);
+    assert_eq!(a.hits(), 1, "the traffic port served only the one request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_not_retried_after_a_failed_connect() {
+    let a = HttpBackend::start().await;
+    let dead = free_addr();
+    let listen = free_addr();
+    let cfg = service(
+        listen,
+        "scheduler = \"round_robin\"\nretries = 2",
+        &[(a.addr, 1), (dead, 1)],
+    );
+    let _p = Proxy::start(&cfg, listen).await;
+    // GETs are retried on the live backend; POSTs that hit the dead one fail (the body may
+    // not be replayable, and a POST may not be idempotent).
+    let mut c = Client::connect(listen).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(c.get("/", &[]).await.unwrap().status, 200);
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let mut c = Client::connect(listen).await.unwrap();
+        statuses.push(c.send("POST", "/echo", b"data").await.unwrap().status);
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.iter().any(|s| *s >= 500),
+        "a POST to the dead backend was retried: {statuses:?}"
     );
 }

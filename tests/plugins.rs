@@ -4,32 +4,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-
-/// An SDK-built plugin from `target/plugins/` (made by `scripts/build-plugins`). `None` only
-/// when the test script could not build them, after saying so loudly.
-fn sdk_plugin(name: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/plugins/{name}.wasm"));
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var_os("PLUGBOARD_SKIP_SDK_PLUGINS").is_some() {
-        eprintln!(
-            "!!! SKIPPED: {} is missing (wasm32 target unavailable); this test did not run",
-            p.display()
-        );
-        return None;
-    }
-    panic!(
-        "{} is missing: run ./scripts/build-plugins (./scripts/test does it)",
-        p.display()
-    );
-}
 
 /// A minimal ABI-v1 module implementing select-server with `body` (WAT, leaves an i32).
 fn wat_scheduler(body: &str) -> String {
@@ -371,7 +351,11 @@ async fn hot_reload_under_load() {
             .find(|(s, _)| *s == svc)
             .map(|(_, b)| b.clone())
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let both = eventually(Duration::from_secs(5), async || {
+        latest(0).is_some() && latest(1).is_some()
+    })
+    .await;
+    assert!(both, "no traffic yet");
     assert_eq!(latest(0), Some(a.addr.to_string()));
     assert_eq!(latest(1), Some(a.addr.to_string()));
 
@@ -391,9 +375,15 @@ async fn hot_reload_under_load() {
     // Broken replacements are refused; deleting a file keeps the last good version.
     std::fs::write(dir.path().join("pin.lua"), "function select_server(\n").unwrap();
     std::fs::write(dir.path().join("wpin.wasm"), b"\0asm garbage").unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.wait_log(
+        &["the previous version keeps running"],
+        2,
+        Duration::from_secs(5),
+    )
+    .await;
     std::fs::remove_file(dir.path().join("pin.lua")).unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.wait_log(&["plugin file deleted"], 1, Duration::from_secs(5))
+        .await;
     let mark = seen.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
@@ -658,4 +648,138 @@ end
         t.elapsed() >= Duration::from_millis(250),
         "waited for the first bytes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_policy_for_key_and_health_plugins() {
+    let (_a, _b, list) = two().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("badkey.lua"),
+        "function persistence_key(req) error('no key today') end",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("badcheck.lua"),
+        "function health_check(b) error('no verdict today') end",
+    )
+    .unwrap();
+    let (key_reject, check_reject, check_fallback) = (free_addr(), free_addr(), free_addr());
+    let check = "health_check = { kind = \"plugin:badcheck\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }";
+    let cfg = services(
+        dir.path(),
+        None,
+        &[
+            (
+                key_reject,
+                "persistence = { key = \"plugin:badkey\" }\non_plugin_error = \"reject\"",
+            ),
+            (
+                check_reject,
+                &format!("{check}\non_plugin_error = \"reject\""),
+            ),
+            (check_fallback, check),
+        ],
+        &list,
+    );
+    let p = Proxy::start(&cfg, key_reject).await;
+    // A failing key hook under `reject`: the request is refused.
+    for r in bodies(key_reject, 3, &[]).await {
+        assert_eq!(r.status, 503);
+    }
+    // A failing health hook under `reject`: a failed check, so the backends go down.
+    p.wait_log(
+        &["backend is DOWN", "service=s1"],
+        2,
+        Duration::from_secs(5),
+    )
+    .await;
+    for r in bodies(check_reject, 3, &[]).await {
+        assert_eq!(r.status, 503);
+    }
+    // Under `fallback`: no verdict, the backends keep their state.
+    for r in bodies(check_fallback, 6, &[]).await {
+        assert_eq!(r.status, 200);
+    }
+    assert!(!p.log_text().contains("backend is DOWN service=s2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_scheduler_decides_when_the_plugin_has_no_opinion() {
+    let (a, b, list) = two().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("shrug.lua"),
+        "function select_server(req, backends) return nil end",
+    )
+    .unwrap();
+    let (hashed, default) = (free_addr(), free_addr());
+    let cfg = services(
+        dir.path(),
+        None,
+        &[
+            (
+                hashed,
+                "scheduler = \"plugin:shrug\"\nfallback_scheduler = \"source_hash\"",
+            ),
+            (default, "scheduler = \"plugin:shrug\""),
+        ],
+        &list,
+    );
+    let _p = Proxy::start(&cfg, hashed).await;
+    let from = |ip: [u8; 4]| Some(std::net::IpAddr::from(ip));
+    let mut homes = std::collections::HashSet::new();
+    for ip in [
+        [127, 0, 0, 2],
+        [127, 0, 0, 3],
+        [127, 0, 0, 4],
+        [127, 0, 0, 5],
+    ] {
+        let mut c = Client::connect_from(hashed, from(ip)).await.unwrap();
+        let first = c.get("/", &[]).await.unwrap().body;
+        for _ in 0..5 {
+            assert_eq!(
+                c.get("/", &[]).await.unwrap().body,
+                first,
+                "source_hash is sticky"
+            );
+        }
+        homes.insert(first);
+    }
+    assert!(!homes.is_empty());
+    // The default fallback is round robin: one client sees both backends.
+    let t = tally(
+        bodies(default, 10, &[])
+            .await
+            .iter()
+            .map(|r| r.body.as_str()),
+    );
+    assert_eq!(t.get(&a.addr.to_string()), Some(&5), "{t:?}");
+    assert_eq!(t.get(&b.addr.to_string()), Some(&5), "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_in_plugins_dir_overrides_a_stock_plugin() {
+    let (_a, _b, list) = two().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mcx-affinity.lua"),
+        "function persistence_key(req) return nil end\nfunction on_response(req, served) return { ['x-overridden'] = 'yes' } end",
+    )
+    .unwrap();
+    let listen = free_addr();
+    let cfg = services(
+        dir.path(),
+        None,
+        &[(listen, "persistence = { key = \"plugin:mcx-affinity\" }")],
+        &list,
+    );
+    let _p = Proxy::start(&cfg, listen).await;
+    for r in bodies(listen, 3, &[]).await {
+        assert_eq!(r.header("x-overridden"), Some("yes"), "{r:?}");
+        assert!(
+            r.header("set-cookie").is_none(),
+            "the stock plugin ran: {r:?}"
+        );
+    }
 }

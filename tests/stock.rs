@@ -307,14 +307,11 @@ fn have_rdp_clients() -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if have("xfreerdp") && have("rdesktop") && have("xvfb-run") {
-        return true;
-    }
-    if std::env::var_os("PLUGBOARD_SKIP_RDP_CLIENTS").is_some() {
-        eprintln!("!!! SKIPPED: xfreerdp/rdesktop/xvfb-run are not installed; the real-client RDP test did not run");
-        return false;
-    }
-    panic!("xfreerdp, rdesktop and xvfb-run are needed: ./scripts/test installs them (freerdp2-x11 rdesktop xvfb)");
+    (have("xfreerdp") && have("rdesktop") && have("xvfb-run"))
+        || missing_dependency(
+            "rdp-clients",
+            "xfreerdp, rdesktop and xvfb-run are not installed (Debian: freerdp2-x11 rdesktop xvfb)",
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -272,14 +272,16 @@ async fn health_check_takes_down_and_brings_back() {
     let p = Proxy::start(&service(listen, extra, &list), listen).await;
     let addr = bs[0].addr;
     bs[0].kill();
-    tokio::time::sleep(Duration::from_millis(2 * 200 + 400)).await;
+    p.wait_log(&["backend is DOWN"], 1, Duration::from_secs(5))
+        .await;
     // Every connection succeeds and none is even attempted on the dead backend.
     for b in banners(listen, 30).await {
         assert_ne!(b, addr.to_string());
     }
     assert!(p.log_text().contains("backend is DOWN"));
     bs[0] = TcpBackend::start_on(addr).await;
-    tokio::time::sleep(Duration::from_millis(2 * 200 + 400)).await;
+    p.wait_log(&["backend is UP"], 1, Duration::from_secs(5))
+        .await;
     let t = tally(banners(listen, 30).await.iter().map(|s| s.as_str()));
     assert_near(
         *t.get(&addr.to_string()).unwrap_or(&0),
@@ -306,7 +308,8 @@ async fn no_backend_closes_promptly() {
     let listen = free_addr();
     let extra = "health_check = { kind = \"tcp\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }";
     let p = Proxy::start(&service(listen, extra, &[(free_addr(), 1)]), listen).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.wait_log(&["backend is DOWN"], 1, Duration::from_secs(5))
+        .await;
     let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))

@@ -17,6 +17,50 @@ use tokio::task::JoinSet;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_plugboard");
 
+/// A test's real dependency `dep` is missing. The test fails, unless `PLUGBOARD_ALLOW_SKIP`
+/// names `dep` (a comma-separated list, or `all`): then the skip is recorded in
+/// `target/test-skips.txt`, which `./scripts/test` lists at the end of the run, and the caller
+/// returns without testing. Returns false (skip) or panics.
+pub fn missing_dependency(dep: &str, why: &str) -> bool {
+    let allowed = std::env::var("PLUGBOARD_ALLOW_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .any(|d| d.trim() == dep || d.trim() == "all");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    if !allowed {
+        panic!("{test}: {why}. ./scripts/test installs it; set PLUGBOARD_ALLOW_SKIP={dep} to skip this test on purpose");
+    }
+    eprintln!("!!! SKIPPED {test}: {why}");
+    let log = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-skips.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{test}: {why} (allowed by PLUGBOARD_ALLOW_SKIP={dep})");
+    }
+    false
+}
+
+/// An SDK-built plugin from `target/plugins/` (made by `scripts/build-plugins`); `None` only
+/// when its absence is an allowed skip.
+pub fn sdk_plugin(name: &str) -> Option<PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../target/plugins/{name}.wasm"));
+    if p.is_file()
+        || missing_dependency(
+            "sdk-plugins",
+            &format!("{} is missing (run ./scripts/build-plugins)", p.display()),
+        )
+    {
+        return Some(p);
+    }
+    None
+}
+
 /// A free loopback port (bound then released; the kernel will not hand it out again soon).
 pub fn free_addr() -> SocketAddr {
     StdListener::bind("127.0.0.1:0")
@@ -155,6 +199,23 @@ impl Proxy {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (polling, up to `limit`) until the log has `n` lines containing every one of
+    /// `needles`; panics with the log if not.
+    pub async fn wait_log(&self, needles: &[&str], n: usize, limit: Duration) {
+        let count = || {
+            self.log_text()
+                .lines()
+                .filter(|l| needles.iter().all(|s| l.contains(s)))
+                .count()
+        };
+        let ok = eventually(limit, async || count() >= n).await;
+        assert!(
+            ok,
+            "log never had {n} line(s) with {needles:?}:\n{}",
+            self.log_text()
+        );
     }
 }
 

@@ -29,12 +29,11 @@ pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, S
     let runtimes = Runtimes::new()?;
     // A path that does not exist may name a stock plugin.
     let loaded = match (path.exists(), path.to_str().and_then(stock::get)) {
-        (false, Some(Ok(bytes))) => runtimes.load(
+        (false, Some(bytes)) => runtimes.load(
             Source::Stock(path.to_str().unwrap_or(""), bytes),
             settings,
             limits,
         )?,
-        (false, Some(Err(e))) => return Err(e),
         _ => runtimes.load(Source::File(path), settings, limits)?,
     };
     let mut out = String::new();

@@ -5,7 +5,8 @@
 //! queue. A backend that accepts a connection and never answers holds one thread for at most
 //! the check's timeout; the other backends' checks go to the other threads. The timeout starts
 //! when a thread takes the check, not when it was queued, so time spent waiting never makes a
-//! check fail.
+//! check fail. The network helpers end by the timeout; the plugin's code gets [`AFTER_NET`]
+//! more to read what they returned.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,10 @@ use crate::balance::pool::Pool;
 
 /// Most check threads per binding.
 pub const MAX_CHECK_THREADS: usize = 8;
+
+/// Time a check's code gets after its network helpers' deadline (the check's timeout) to make
+/// sense of what they returned.
+pub const AFTER_NET: Duration = Duration::from_millis(100);
 
 /// A check waiting for a thread.
 struct Job {
@@ -78,7 +83,7 @@ fn run(
         pool: &job.pool,
         backend: job.backend,
         target: job.target,
-        budget: job.budget,
+        budget: job.budget + AFTER_NET,
         net: NetScope {
             target: job.target,
             deadline: Instant::now() + job.budget,

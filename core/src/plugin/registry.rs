@@ -302,10 +302,9 @@ fn open(
         (Some(path), _) => runtimes
             .load(Source::File(path), settings, limits)
             .map_err(|e| format!("{}: {e}", path.display()))?,
-        (None, Some(Ok(bytes))) => runtimes
+        (None, Some(bytes)) => runtimes
             .load(Source::Stock(name, bytes), settings, limits)
             .map_err(|e| format!("stock plugin: {e}"))?,
-        (None, Some(Err(e))) => return Err(e),
         (None, None) => {
             return Err(match dir {
                 Some(d) => format!(

@@ -1,0 +1,90 @@
+//! Running the proxy: SIGTERM lets requests in flight finish, JSON logs, backends given by
+//! host name and by IPv6 address.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let a = HttpBackend::start().await;
+    let listen = free_addr();
+    let cfg = service_toml("http", listen, "", &[(a.addr, 1)])
+        .replace("[proxy]\n", "[proxy]\ngrace_period = \"3s\"\n");
+    let mut p = Proxy::start(&cfg, listen).await;
+    let slow = tokio::spawn(async move { get_once(listen, "/slow/1500").await });
+    // The signal comes while the backend holds the request (1.5 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.terminate();
+    let r = slow
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, a.addr.to_string().as_str())
+    );
+    let status = p
+        .wait_exit(Duration::from_secs(15))
+        .expect("the proxy exits");
+    assert!(status.success(), "{status:?}\n{}", p.log_text());
+    assert!(get_once(listen, "/").await.is_err(), "no longer listening");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let listen = free_addr();
+    let cfg = service_toml("http", listen, "", &[(free_addr(), 1)])
+        .replace("[proxy]\n", "[proxy]\nlog_format = \"json\"\n");
+    let p = Proxy::start(&cfg, listen).await;
+    // A connect failure makes a warning with fields.
+    let _ = get_once(listen, "/").await;
+    p.wait_log(&["connect failed"], 1, Duration::from_secs(5))
+        .await;
+    let log = p.log_text();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "{log}");
+    let warn = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "connect failed")
+        .expect("the connect failure");
+    assert_eq!(warn["level"], "WARN");
+    assert_eq!(warn["fields"]["service"], "http-svc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_by_host_name_and_ipv6_address() {
+    let v4 = HttpBackend::start().await;
+    let free_v6 = std::net::TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .expect("an IPv6 loopback address");
+    let v6 = HttpBackend::start_on(free_v6).await;
+    let listen = free_addr();
+    let cfg = format!(
+        "[proxy]\nthreads = 2\n\n[[service]]\nname = \"web\"\nlisten = \"{listen}\"\n[[service.backend]]\naddress = \"localhost:{}\"\n[[service.backend]]\naddress = \"{}\"\n",
+        v4.addr.port(),
+        v6.addr
+    );
+    let _p = Proxy::start(&cfg, listen).await;
+    let mut c = Client::connect(listen).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let r = c.get("/", &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+        seen.insert(r.body);
+    }
+    assert!(seen.contains(&v4.addr.to_string()), "{seen:?}");
+    assert!(seen.contains(&v6.addr.to_string()), "{seen:?}");
+}
