@@ -38,14 +38,20 @@ impl Default for AgentState {
     }
 }
 
-/// Agent properties settable through [`crate::balance::pool::Pool::set_agent`] (also the
-/// numbers plugins use).
-pub mod agent_prop {
-    pub const WEIGHT_PERCENT: i32 = 0;
-    pub const MAXCONN: i32 = 1;
-    pub const ADMIN: i32 = 2;
-    pub const UP: i32 = 3;
+/// One property an agent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentUpdate {
+    /// Share of the configured weight, percent, up to [`MAX_WEIGHT_PERCENT`]; 0 drains.
+    WeightPercent(u32),
+    /// Connection limit; 0 removes it.
+    MaxConn(u32),
+    Admin(AgentAdmin),
+    /// The agent's own verdict (HAProxy `up`/`down`, KEMP `101`).
+    Up(bool),
 }
+
+/// Largest weight percentage (HAProxy: weight 256 is 25,600 % of weight 1).
+pub const MAX_WEIGHT_PERCENT: u32 = 25_600;
 
 impl AgentState {
     #[inline]
@@ -74,26 +80,26 @@ impl AgentState {
         self.up.load(Relaxed)
     }
 
-    /// Applies one property (see [`agent_prop`]); `None` for an unknown property or an
-    /// out-of-range value, else whether the weight percentage changed.
-    pub(super) fn set(&self, prop: i32, value: i64) -> Option<bool> {
-        match prop {
-            agent_prop::WEIGHT_PERCENT if (0..=25_600).contains(&value) => {
-                Some(self.weight_percent.swap(value as u32, Relaxed) != value as u32)
+    /// Applies one update; `None` when it is out of range, else whether the weight
+    /// percentage changed.
+    pub(super) fn apply(&self, u: AgentUpdate) -> Option<bool> {
+        match u {
+            AgentUpdate::WeightPercent(p) if p <= MAX_WEIGHT_PERCENT => {
+                Some(self.weight_percent.swap(p, Relaxed) != p)
             }
-            agent_prop::MAXCONN if (0..=u32::MAX as i64).contains(&value) => {
-                self.maxconn.store(value as u32, Relaxed);
+            AgentUpdate::WeightPercent(_) => None,
+            AgentUpdate::MaxConn(n) => {
+                self.maxconn.store(n, Relaxed);
                 Some(false)
             }
-            agent_prop::ADMIN if (0..=2).contains(&value) => {
-                self.admin.store(value as u8, Relaxed);
+            AgentUpdate::Admin(a) => {
+                self.admin.store(a as u8, Relaxed);
                 Some(false)
             }
-            agent_prop::UP if (0..=1).contains(&value) => {
-                self.up.store(value == 1, Relaxed);
+            AgentUpdate::Up(up) => {
+                self.up.store(up, Relaxed);
                 Some(false)
             }
-            _ => None,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Re
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use super::agent::{agent_prop, AgentAdmin, AgentState};
+pub use super::agent::{AgentAdmin, AgentState, AgentUpdate};
 use super::identity::{BackendId, CookieKey, COOKIE_ID_LEN};
 use crate::config::BackendConfig;
 
@@ -280,12 +280,11 @@ impl Pool {
             .store(load.map(|l| l.min(100)).unwrap_or(u8::MAX), Relaxed);
     }
 
-    /// Applies one agent-reported property (see [`agent_prop`]); false for an unknown
-    /// property or an out-of-range value.
-    pub fn set_agent(&self, i: usize, prop: i32, value: i64) -> bool {
+    /// Applies one agent-reported property; false for an out-of-range value.
+    pub fn set_agent(&self, i: usize, update: AgentUpdate) -> bool {
         let a = &self.backends[i].agent;
         let before = a.admits(0);
-        let Some(weight_changed) = a.set(prop, value) else {
+        let Some(weight_changed) = a.apply(update) else {
             return false;
         };
         if weight_changed || a.admits(0) != before {
@@ -452,21 +451,21 @@ mod tests {
     #[test]
     fn agent_state_gates_and_scales() {
         let p = pool(None);
-        assert!(p.set_agent(1, agent_prop::WEIGHT_PERCENT, 50));
+        assert!(p.set_agent(1, AgentUpdate::WeightPercent(50)));
         assert_eq!(p.get(1).effective_weight(), WEIGHT_SCALE);
-        assert!(p.set_agent(1, agent_prop::ADMIN, AgentAdmin::Drain as i64));
+        assert!(p.set_agent(1, AgentUpdate::Admin(AgentAdmin::Drain)));
         assert!(!p.get(1).available());
-        p.set_agent(1, agent_prop::ADMIN, 0);
-        p.set_agent(1, agent_prop::UP, 0);
+        p.set_agent(1, AgentUpdate::Admin(AgentAdmin::Ready));
+        p.set_agent(1, AgentUpdate::Up(false));
         assert!(!p.get(1).available());
-        p.set_agent(1, agent_prop::UP, 1);
-        p.set_agent(1, agent_prop::MAXCONN, 1);
+        p.set_agent(1, AgentUpdate::Up(true));
+        p.set_agent(1, AgentUpdate::MaxConn(1));
         let p = Arc::new(p);
         let g = p.acquire(1);
         assert!(!p.get(1).available(), "at maxconn");
         drop(g);
         assert!(p.get(1).available());
-        assert!(!p.set_agent(1, 9, 1));
+        assert!(!p.set_agent(1, AgentUpdate::WeightPercent(30_000)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::balance::hooks::{Key, Request};
-use crate::balance::pool::{AgentAdmin, Pool};
+use crate::balance::pool::{AgentAdmin, AgentUpdate, Pool};
 
 /// Request fields, by ABI number and Lua name.
 pub mod field {
@@ -78,6 +78,36 @@ pub mod prop {
     pub fn is_flag(p: i32) -> bool {
         matches!(p, AVAILABLE | ENABLED | AGENT_UP | UP)
     }
+}
+
+/// Agent properties a health-check call may set, by ABI number.
+pub mod agent_prop {
+    pub const WEIGHT_PERCENT: i32 = 0;
+    pub const MAXCONN: i32 = 1;
+    pub const ADMIN: i32 = 2;
+    pub const UP: i32 = 3;
+}
+
+/// The update property `prop` = `value` makes; `None` for an unknown property or a value
+/// out of its range.
+pub fn agent_update(prop: i32, value: i64) -> Option<AgentUpdate> {
+    let small = |v: i64| u32::try_from(v).ok();
+    Some(match prop {
+        agent_prop::WEIGHT_PERCENT => AgentUpdate::WeightPercent(small(value)?),
+        agent_prop::MAXCONN => AgentUpdate::MaxConn(small(value)?),
+        agent_prop::ADMIN => AgentUpdate::Admin(match value {
+            0 => AgentAdmin::Ready,
+            1 => AgentAdmin::Drain,
+            2 => AgentAdmin::Maint,
+            _ => return None,
+        }),
+        agent_prop::UP => AgentUpdate::Up(match value {
+            0 => false,
+            1 => true,
+            _ => return None,
+        }),
+        _ => return None,
+    })
 }
 
 /// Formats request field `field` into `out`; false when the request has no such field.
@@ -214,13 +244,12 @@ pub fn backend_by_text(pool: &Pool, text: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::pool::agent_prop;
 
     #[test]
     fn available_is_the_cores_availability() {
         let p = Pool::for_tests(&[1, 1, 1], None);
         assert_eq!(backend_prop(&p, &[], 0, prop::AVAILABLE), 1);
-        p.set_agent(0, agent_prop::ADMIN, AgentAdmin::Drain as i64);
+        p.set_agent(0, agent_update(agent_prop::ADMIN, 1).unwrap());
         assert!(!p.get(0).available());
         assert_eq!(backend_prop(&p, &[], 0, prop::AVAILABLE), 0);
         assert_eq!(backend_prop(&p, &[], 0, prop::UP), 1, "health is still up");
@@ -231,6 +260,21 @@ mod tests {
         );
         assert_eq!(backend_prop(&p, &[], 7, prop::WEIGHT), -1);
         assert_eq!(backend_prop(&p, &[], -1, prop::WEIGHT), -1);
+    }
+
+    #[test]
+    fn agent_numbers_and_ranges() {
+        assert_eq!(
+            agent_update(agent_prop::UP, 0),
+            Some(AgentUpdate::Up(false))
+        );
+        assert_eq!(
+            agent_update(agent_prop::ADMIN, 2),
+            Some(AgentUpdate::Admin(AgentAdmin::Maint))
+        );
+        assert_eq!(agent_update(agent_prop::ADMIN, 3), None);
+        assert_eq!(agent_update(agent_prop::MAXCONN, -1), None);
+        assert_eq!(agent_update(9, 1), None);
     }
 
     #[test]

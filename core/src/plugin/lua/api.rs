@@ -12,8 +12,8 @@ use std::time::Duration;
 use mlua::{Lua, Table, Value, Variadic};
 
 use crate::balance::hooks::Request;
-use crate::balance::pool::{agent_prop, Pool};
-use crate::plugin::contract::{self, field, prop, NetScope};
+use crate::balance::pool::Pool;
+use crate::plugin::contract::{self, agent_prop, field, prop, NetScope};
 use crate::plugin::log::PluginLog;
 
 /// The current call, shared by the instance and the functions it gives Lua.
@@ -321,7 +321,7 @@ fn agent_table(lua: &Lua, ctx: &Rc<Ctx>) -> mlua::Result<Table> {
                 _ => return Err(err(format!("{name}: bad value {v:?}"))),
             };
             let pool = c.pool().ok_or_else(|| err("no pool"))?;
-            Ok(pool.set_agent(i, prop, value))
+            Ok(contract::agent_update(prop, value).is_some_and(|u| pool.set_agent(i, u)))
         })
     };
     agent.raw_set(

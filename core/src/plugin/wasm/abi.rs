@@ -231,10 +231,9 @@ pub(super) fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
             let (Some(pool), Some(i)) = (d.call.pool(), d.call.backend) else {
                 return -3;
             };
-            if pool.set_agent(i, prop, value) {
-                0
-            } else {
-                -2
+            match contract::agent_update(prop, value) {
+                Some(u) if pool.set_agent(i, u) => 0,
+                _ => -2,
             }
         },
     )?;
