@@ -17,3 +17,4 @@ pub mod observe;
 pub mod plugin;
 pub mod proxy;
 pub mod server;
+pub mod tls;

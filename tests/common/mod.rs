@@ -2,6 +2,8 @@
 //! raw HTTP/1.1 client that shows exactly what went over the wire.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};

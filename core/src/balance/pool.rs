@@ -376,6 +376,7 @@ pub fn test_backends(weights: &[u32]) -> Vec<BackendConfig> {
         .map(|(i, &w)| {
             let address = SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16));
             BackendConfig {
+                hostname: None,
                 name: address.to_string(),
                 address,
                 weight: w,

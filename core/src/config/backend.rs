@@ -12,9 +12,10 @@ pub(super) fn validate(
     s: &raw::Service,
     span: Range<usize>,
     service: &str,
+    redirects: bool,
 ) -> Vec<BackendConfig> {
     let mut backends: Vec<BackendConfig> = Vec::new();
-    if s.backend.is_empty() {
+    if s.backend.is_empty() && !redirects {
         r.err(
             span,
             format!("service {service:?} has no [[service.backend]]"),
@@ -59,7 +60,12 @@ pub(super) fn validate(
             .int_in(&b.weight, "weight", 0, MAX_WEIGHT as i64)
             .unwrap_or(1) as u32;
         let enabled = b.enabled.as_ref().map(|e| *e.get_ref()).unwrap_or(true);
+        let written = b.address.get_ref().trim();
+        let host = written.rsplit_once(':').map_or(written, |(h, _)| h);
+        let hostname = (host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('['))
+            .then(|| host.to_ascii_lowercase());
         backends.push(BackendConfig {
+            hostname,
             name,
             address,
             weight,

@@ -10,15 +10,16 @@
 mod backend;
 mod balance;
 mod health;
+mod listen;
 mod proxy;
 mod raw;
 mod report;
 mod service;
+mod tls;
 mod types;
 mod units;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
 
@@ -56,12 +57,13 @@ impl Config {
         let proxy = proxy::validate(&mut r, raw_proxy, base);
         let ctx = service::Context {
             has_secret: raw_proxy.is_some_and(|p| p.secret_file.is_some()),
+            base,
         };
 
         let mut services = Vec::new();
         let mut plugin_refs = Vec::new();
         let mut names: HashMap<String, Range<usize>> = HashMap::new();
-        let mut listens: HashMap<SocketAddr, (String, usize)> = HashMap::new();
+        let mut seen: Vec<listen::Seen> = Vec::new();
         if file.service.is_empty() {
             r.err(0..0, "no [[service]] defined");
         }
@@ -77,21 +79,25 @@ impl Config {
                 names.insert(name.clone(), s.get_ref().name.span());
             }
             // Listen addresses are compared even when the service has other errors.
-            for addr in units::raw_listen_addrs(s.get_ref().listen.get_ref()) {
-                if let Some((other, line)) = listens.get(&addr) {
-                    r.err(
-                        s.get_ref().listen.span(),
-                        format!(
-                            "duplicate listen address {addr} (already used by service {other:?} on line {line})"
-                        ),
-                    );
-                } else {
-                    let line = r.line(s.get_ref().listen.span().start);
-                    listens.insert(addr, (name.clone(), line));
-                }
-            }
+            let mut seen_now = listen::Seen {
+                name: name.clone(),
+                addrs: units::raw_listen_addrs(s.get_ref().listen.get_ref()),
+                listen_span: s.get_ref().listen.span(),
+                match_span: s.get_ref().route.as_ref().map(|m| m.span()),
+                typed: None,
+                certs: Vec::new(),
+            };
             let mut refs = Vec::new();
-            if let Some(svc) = service::validate(&mut r, s.get_ref(), s.span(), &ctx, &mut refs) {
+            let validated = service::validate(
+                &mut r,
+                s.get_ref(),
+                s.span(),
+                &ctx,
+                &mut refs,
+                &mut seen_now.certs,
+            );
+            if let Some(svc) = validated {
+                seen_now.typed = Some(services.len());
                 for (name, hook, span) in refs {
                     let (line, col) = line_col(src, span.start);
                     plugin_refs.push(PluginRef {
@@ -104,12 +110,18 @@ impl Config {
                 }
                 services.push(svc);
             }
+            seen.push(seen_now);
         }
+        listen::check_sharing(&mut r, &seen, &services);
         if let (Some(m), Some(addr)) = (raw_proxy.and_then(|p| p.metrics.as_ref()), proxy.metrics) {
-            if let Some((other, line)) = listens.get(&addr) {
+            if let Some(other) = seen.iter().find(|s| s.addrs.contains(&addr)) {
+                let line = r.line(other.listen_span.start);
                 r.err(
                     m.span(),
-                    format!("metrics: {addr} is also the listen address of service {other:?} (line {line})"),
+                    format!(
+                        "metrics: {addr} is also the listen address of service {:?} (line {line})",
+                        other.name
+                    ),
                 );
             }
         }

@@ -48,6 +48,45 @@ pub struct Service {
     pub plugin: std::collections::BTreeMap<String, Spanned<toml::Table>>,
     #[serde(default)]
     pub backend: Vec<Spanned<Backend>>,
+    pub tls: Option<Spanned<Tls>>,
+    #[serde(default)]
+    pub certificate: Vec<Spanned<Certificate>>,
+    #[serde(rename = "match")]
+    pub route: Option<Spanned<Match>>,
+    pub redirect: Option<Spanned<String>>,
+    pub backend_tls: Option<Spanned<BackendTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub min_version: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub chain: Option<Spanned<String>>,
+    pub pfx: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    pub hosts: Option<Spanned<Vec<String>>>,
+    pub path_prefixes: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    pub verify: Option<Spanned<bool>>,
+    pub ca: Option<Spanned<String>>,
+    pub sni: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

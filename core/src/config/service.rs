@@ -14,9 +14,11 @@ use super::units::parse_addr;
 pub(super) type RawRef = (String, Hook, Range<usize>);
 
 /// What validation of one service needs from the rest of the file.
-pub(super) struct Context {
+pub(super) struct Context<'a> {
     /// `[proxy] secret_file` was given.
     pub has_secret: bool,
+    /// The configuration file's directory: relative paths start there.
+    pub base: &'a std::path::Path,
 }
 
 pub(super) fn validate(
@@ -25,6 +27,7 @@ pub(super) fn validate(
     span: Range<usize>,
     ctx: &Context,
     refs: &mut Vec<RawRef>,
+    certs: &mut Vec<crate::tls::certs::Loaded>,
 ) -> Option<ServiceConfig> {
     let before = r.errors.len();
     let name = s.name.get_ref().clone();
@@ -53,7 +56,12 @@ pub(super) fn validate(
         .health_check
         .as_ref()
         .and_then(|h| super::health::validate(r, h, refs));
-    let backends = super::backend::validate(r, s, span, &name);
+    let redirect_https = super::tls::redirect(r, s, mode);
+    let backends = super::backend::validate(r, s, span, &name, redirect_https);
+    let (tls, loaded) = super::tls::termination(r, s, mode, ctx.base);
+    certs.extend(loaded);
+    let route = super::tls::route(r, s);
+    let backend_tls = super::tls::backend(r, s, ctx.base);
 
     let slow_start = r
         .duration(&s.slow_start, "slow_start")
@@ -116,6 +124,10 @@ pub(super) fn validate(
         fallback_scheduler,
         plugin_settings,
         backends,
+        tls,
+        route,
+        redirect_https,
+        backend_tls,
     })
 }
 

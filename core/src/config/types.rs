@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::report::ConfigError;
+pub use crate::tls::certs::CertSource;
 
 /// Default for `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -35,6 +36,49 @@ pub const MAX_CONNECTIONS: usize = 10_000_000;
 /// The cookie secret used when `[proxy] secret_file` is not set. Public, so cookie ids made
 /// with it can be computed by anyone who knows the backend names; `check` warns.
 pub const DEFAULT_SECRET: &[u8] = b"plugboard default cookie secret: set [proxy] secret_file";
+
+/// Lowest TLS version a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V12,
+    V13,
+}
+
+/// One `[[service.certificate]]`, with the line it starts on (for messages on reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    pub source: CertSource,
+    pub line: usize,
+}
+
+/// TLS termination of a service's clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in order of preference (`h2`, `http/1.1`).
+    pub alpn: Vec<String>,
+    /// The first is the default; the others are chosen by SNI.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// Which requests of a shared listen address a service takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// Lower-case host names, or `*.domain` for one more label; empty: any host.
+    pub hosts: Vec<String>,
+    /// Path prefixes; empty: any path.
+    pub path_prefixes: Vec<String>,
+}
+
+/// TLS towards the backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// Verify the backend's certificate (against `ca`, or the system roots).
+    pub verify: bool,
+    pub ca: Option<PathBuf>,
+    /// Server name sent; default: none for IP backends, the host name for named ones.
+    pub sni: Option<String>,
+}
 
 /// L7 or L4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +185,8 @@ pub struct HealthConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
+    /// The host name when the address was written with one (the default TLS server name).
+    pub hostname: Option<String>,
     /// Stable identity within the service: persistence pins, cookies, logs and metrics name
     /// the backend by it, never by its position in the list. Default: the address as written.
     pub name: String,
@@ -211,6 +257,13 @@ pub struct ServiceConfig {
     /// `[service.plugin.<name>]` tables, as JSON, handed to the plugin when it is loaded.
     pub plugin_settings: BTreeMap<String, serde_json::Value>,
     pub backends: Vec<BackendConfig>,
+    /// Clients speak TLS to this service.
+    pub tls: Option<TlsConfig>,
+    /// On a listen address shared with other services: which requests are this service's.
+    pub route: Option<RouteMatch>,
+    /// `redirect = "https"`: every request gets a 301 to the same host and path over https.
+    pub redirect_https: bool,
+    pub backend_tls: Option<BackendTls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,6 +54,7 @@ pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, S
         .map(|i| {
             let address = SocketAddr::from(([127, 0, 0, 1], 9000 + i));
             BackendConfig {
+                hostname: None,
                 name: address.to_string(),
                 address,
                 weight: 1,

@@ -159,6 +159,7 @@ mod tests {
         let hosts = |port: u16| {
             let cfg: Vec<_> = (1..=4u8)
                 .map(|i| BackendConfig {
+                    hostname: None,
                     name: format!("h{i}"),
                     address: SocketAddr::from(([10, 0, 0, i], port)),
                     weight: 1,

@@ -1,0 +1,210 @@
+//! Certificates made by `openssl` for the tests: a CA, certificates it issues (RSA or ECDSA,
+//! with chosen DNS names and validity), and PKCS#12 files as Windows exports them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Key type of a certificate.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyType {
+    Rsa,
+    Ecdsa,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl is needed for the TLS tests ({e})"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn new_key(dir: &Path, file: &str, kind: KeyType) {
+    match kind {
+        KeyType::Rsa => openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                file,
+            ],
+        ),
+        KeyType::Ecdsa => openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                file,
+            ],
+        ),
+    }
+}
+
+/// A certificate authority in a directory; issues certificates into the same directory.
+pub struct Ca {
+    pub dir: PathBuf,
+    /// The CA certificate (PEM): what clients trust.
+    pub cert: PathBuf,
+    serial: std::cell::Cell<u32>,
+}
+
+/// An issued certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Ca {
+    pub fn new(dir: &Path) -> Ca {
+        new_key(dir, "ca.key", KeyType::Ecdsa);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=Plugboard Test CA",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        Ca {
+            dir: dir.to_path_buf(),
+            cert: dir.join("ca.pem"),
+            serial: std::cell::Cell::new(1),
+        }
+    }
+
+    /// A certificate for `names` (DNS names, or IP addresses), valid `days` days.
+    pub fn issue(&self, stem: &str, names: &[&str], kind: KeyType, days: u32) -> Issued {
+        let key = format!("{stem}.key");
+        let csr = format!("{stem}.csr");
+        let cert = format!("{stem}.pem");
+        let ext = format!("{stem}.ext");
+        new_key(&self.dir, &key, kind);
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &key,
+                "-subj",
+                &format!("/CN={}", names[0]),
+                "-out",
+                &csr,
+            ],
+        );
+        let san: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if n.parse::<std::net::IpAddr>().is_ok() {
+                    format!("IP:{n}")
+                } else {
+                    format!("DNS:{n}")
+                }
+            })
+            .collect();
+        std::fs::write(
+            self.dir.join(&ext),
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\n",
+                san.join(",")
+            ),
+        )
+        .unwrap();
+        let serial = self.serial.get();
+        self.serial.set(serial + 1);
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                &serial.to_string(),
+                "-days",
+                &days.to_string(),
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
+            ],
+        );
+        Issued {
+            cert: self.dir.join(cert),
+            key: self.dir.join(key),
+        }
+    }
+
+    /// A PKCS#12 file of `c` (with the CA as chain): `legacy` encrypts with RC2/3DES as older
+    /// Windows exports do, otherwise AES-256; `with_key = false` leaves the key out.
+    pub fn pfx(
+        &self,
+        c: &Issued,
+        stem: &str,
+        password: &str,
+        legacy: bool,
+        with_key: bool,
+    ) -> PathBuf {
+        let out = format!("{stem}.pfx");
+        let pass = format!("pass:{password}");
+        let cert = c.cert.display().to_string();
+        let key = c.key.display().to_string();
+        let mut args = vec![
+            "pkcs12",
+            "-export",
+            "-in",
+            &cert,
+            "-certfile",
+            "ca.pem",
+            "-out",
+            &out,
+            "-passout",
+            &pass,
+        ];
+        if with_key {
+            args.extend(["-inkey", &key]);
+        } else {
+            args.push("-nokeys");
+        }
+        if legacy {
+            args.push("-legacy");
+        } else {
+            args.extend([
+                "-keypbe",
+                "AES-256-CBC",
+                "-certpbe",
+                "AES-256-CBC",
+                "-macalg",
+                "sha256",
+            ]);
+        }
+        openssl(&self.dir, &args);
+        self.dir.join(out)
+    }
+}
