@@ -355,7 +355,7 @@ async fn hot_reload_under_load() {
         latest(0).is_some() && latest(1).is_some()
     })
     .await;
-    assert!(both, "no traffic yet");
+    assert!(both, "no traffic yet\n{}", p.log_text());
     assert_eq!(latest(0), Some(a.addr.to_string()));
     assert_eq!(latest(1), Some(a.addr.to_string()));
 

@@ -17,8 +17,10 @@ use crate::io::limits::{self, Limit, Limits};
 use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::plugin::registry::Registry;
 use crate::proxy::http::listener::{HttpListener, Timeouts};
-use crate::proxy::http::phases::HttpService;
+use crate::proxy::http::phases::{HttpService, Route};
 use crate::proxy::tcp::TcpService;
+use crate::tls;
+use crate::tls::server::CertStore;
 
 /// What a configuration builds before anything listens.
 pub struct Built {
@@ -82,28 +84,52 @@ impl Built {
             }
         }
         let process = Limit::new(process_max_connections(cfg));
-        for b in &self.balancers {
+        let limits = |s: &crate::config::ServiceConfig| Limits {
+            service: s.max_connections.map(Limit::new),
+            process: process.clone(),
+        };
+        for b in self
+            .balancers
+            .iter()
+            .filter(|b| b.config().mode == Mode::Tcp)
+        {
             let s = b.config();
-            let name = format!("{} ({})", s.name, s.mode.as_str());
-            let limits = Limits {
-                service: s.max_connections.map(Limit::new),
-                process: process.clone(),
+            let name = format!("{} (tcp)", s.name);
+            server.add_service(TcpService::bind(name, &s.listen, b.clone(), limits(s))?);
+        }
+        // One listener per http address, serving every service that listens there.
+        for (addr, on) in http_addresses(&self.balancers) {
+            let lead = on
+                .iter()
+                .find(|b| b.config().route.is_none())
+                .unwrap_or(&on[0])
+                .config();
+            let names: Vec<&str> = on.iter().map(|b| b.config().name.as_str()).collect();
+            let routes = on
+                .iter()
+                .map(|b| Route::new(b.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let proxy =
+                pingora::proxy::http_proxy(&conf, HttpService::new(routes, lead.tls.is_some()));
+            let timeouts = Timeouts {
+                idle: lead.idle_timeout,
+                header: lead.header_timeout,
             };
-            match s.mode {
-                Mode::Http => {
-                    let proxy = pingora::proxy::http_proxy(&conf, HttpService::new(b.clone()));
-                    let timeouts = Timeouts {
-                        idle: s.idle_timeout,
-                        header: s.header_timeout,
-                    };
-                    server.add_service(HttpListener::bind(
-                        name, &s.listen, proxy, timeouts, limits,
-                    )?);
+            let tls = match &lead.tls {
+                None => None,
+                Some(t) => {
+                    let store = Arc::new(cert_store(cfg, lead, &on)?);
+                    Some(tls::server::server_config(t, store)?)
                 }
-                Mode::Tcp => {
-                    server.add_service(TcpService::bind(name, &s.listen, b.clone(), limits)?);
-                }
-            }
+            };
+            server.add_service(HttpListener::bind(
+                format!("{} (http {addr})", names.join(", ")),
+                &[addr],
+                proxy,
+                timeouts,
+                limits(lead),
+                tls,
+            )?);
         }
         server.add_service(background_service(
             "health checks",
@@ -152,4 +178,40 @@ fn process_max_connections(cfg: &Config) -> usize {
             n
         }
     }
+}
+
+/// Each http listen address with the services on it, in file order.
+fn http_addresses(balancers: &[Arc<Balancer>]) -> Vec<(std::net::SocketAddr, Vec<Arc<Balancer>>)> {
+    let mut out: Vec<(std::net::SocketAddr, Vec<Arc<Balancer>>)> = Vec::new();
+    for b in balancers.iter().filter(|b| b.config().mode == Mode::Http) {
+        for a in &b.config().listen {
+            match out.iter_mut().find(|(x, _)| x == a) {
+                Some((_, v)) => v.push(b.clone()),
+                None => out.push((*a, vec![b.clone()])),
+            }
+        }
+    }
+    out
+}
+
+/// The certificates of a TLS address: the default service's first (its first is the
+/// default certificate), then the other services'.
+fn cert_store(
+    cfg: &Config,
+    lead: &crate::config::ServiceConfig,
+    on: &[Arc<Balancer>],
+) -> Result<CertStore, String> {
+    let mut sources = Vec::new();
+    let services = std::iter::once(lead).chain(
+        on.iter()
+            .map(|b| b.config())
+            .filter(|s| s.name != lead.name),
+    );
+    for s in services {
+        for c in s.tls.iter().flat_map(|t| &t.certificates) {
+            let origin = format!("{}:{} (service {})", cfg.path.display(), c.line, s.name);
+            sources.push((c.source.clone(), origin));
+        }
+    }
+    CertStore::load(&sources)
 }

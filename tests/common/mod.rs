@@ -151,7 +151,10 @@ impl Proxy {
         let mut p = Proxy { child, dir, log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if TcpStream::connect(ready).await.is_ok() {
+            // Every listener is bound once the start-up line is logged.
+            if p.log_text().contains("plugboard starting")
+                && TcpStream::connect(ready).await.is_ok()
+            {
                 return p;
             }
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -229,7 +232,8 @@ impl Drop for Proxy {
 }
 
 /// An HTTP/1.1 backend with keep-alive. Answers `GET /health` with a settable status, `/slow`
-/// after a delay, anything else with 200 and its own address as body.
+/// after a delay, `/headers` with the request's header lines (lower-cased), `/echo` with the
+/// request body, `/big/N` with N bytes, anything else with 200 and its own address as body.
 pub struct HttpBackend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
@@ -300,6 +304,7 @@ async fn serve_http(
         }
         let path = line.split(' ').nth(1).unwrap_or("/").to_string();
         let mut len = 0usize;
+        let mut all_headers = String::new();
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).await.unwrap_or(0) == 0 {
@@ -309,6 +314,7 @@ async fn serve_http(
                 break;
             }
             let lower = h.to_ascii_lowercase();
+            all_headers.push_str(&lower);
             if let Some(v) = lower.strip_prefix("x-forwarded-for:") {
                 forwarded.lock().unwrap().push(v.trim().to_string());
             }
@@ -324,6 +330,8 @@ async fn serve_http(
             (health.load(Ordering::SeqCst), String::new())
         } else if path == "/echo" {
             (200, String::from_utf8_lossy(&body).into_owned())
+        } else if path == "/headers" {
+            (200, all_headers.clone())
         } else if let Some(n) = path.strip_prefix("/big/") {
             (200, "x".repeat(n.parse().unwrap_or(0)))
         } else {

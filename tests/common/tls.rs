@@ -208,3 +208,91 @@ impl Ca {
         self.dir.join(out)
     }
 }
+
+/// A TLS client connection (rustls) to `addr`, for `name`, trusting `ca`, speaking HTTP/1.1.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    name: &str,
+    ca: &Path,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+    connector.connect(server_name, tcp).await
+}
+
+/// Runs curl with `args`; returns (HTTP status, HTTP version, body). A failed transfer
+/// (TLS refused, connection reset) is `Err` with curl's exit code and message.
+pub fn curl(args: &[&str]) -> Result<(u16, String, String), String> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-S",
+            "-m",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl is needed for the TLS tests");
+    if !out.status.success() {
+        return Err(format!(
+            "curl exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let mut w = last.split(' ');
+    let status = w.next().unwrap_or("0").parse().unwrap_or(0);
+    let version = w.next().unwrap_or("").to_string();
+    Ok((status, version, body.to_string()))
+}
+
+/// The subject CN of the certificate the server presents for `sni` (`None`: no SNI), and
+/// whether it verified against `ca`.
+pub fn presented_cn(addr: std::net::SocketAddr, sni: Option<&str>, ca: &Path) -> (String, bool) {
+    let connect = addr.to_string();
+    let cafile = ca.display().to_string();
+    let mut args = vec![
+        "s_client", "-connect", &connect, "-CAfile", &cafile, "-brief",
+    ];
+    match sni {
+        Some(n) => args.extend(["-servername", n]),
+        None => args.push("-noservername"),
+    }
+    let out = Command::new("openssl")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let cn = text
+        .lines()
+        .find_map(|l| {
+            l.split_once("Peer certificate: ")
+                .map(|(_, s)| s.to_string())
+        })
+        .and_then(|s| {
+            s.split("CN = ")
+                .nth(1)
+                .map(|c| c.split(',').next().unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    (cn, text.contains("Verification: OK"))
+}

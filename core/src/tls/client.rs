@@ -123,3 +123,22 @@ impl ServerCertVerifier for AcceptAny {
             .supported_schemes()
     }
 }
+
+/// The CA certificates of a PEM file in the form pingora's rustls connector takes per peer.
+pub fn pingora_ca(path: &Path) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .map(|c| {
+            c.map(|c| {
+                pingora::utils::tls::WrappedX509::new(c.as_ref().to_vec(), |raw| {
+                    pingora::utils::tls::parse_x509(raw)
+                })
+            })
+            .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(format!("{}: holds no PEM certificate", path.display()));
+    }
+    Ok(Arc::from(certs.into_boxed_slice()))
+}

@@ -6,6 +6,8 @@
 
 pub mod certs;
 pub mod client;
+pub mod io;
+pub mod server;
 
 use std::sync::{Arc, OnceLock};
 

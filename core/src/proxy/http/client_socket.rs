@@ -2,15 +2,17 @@
 //! reads without extra system calls, gathers a response's writes into one, and notices where
 //! each request's header ends (for `header_timeout` and pipelining).
 
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
 use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
+use rustls::ServerConnection;
 use socket2::SockRef;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -24,6 +26,10 @@ const GATHER: usize = 16 * 1024;
 #[derive(Debug)]
 pub struct Client {
     pub tcp: TcpStream,
+    /// The TLS session, for a TLS client. Used by one side at a time by construction: the
+    /// request's socket while pingora has it, the connection's task between requests; the
+    /// mutex only makes that checkable (it is never contended, see [`Client::tls`]).
+    tls: Option<Mutex<Box<ServerConnection>>>,
     /// The current request's header has been read to its end (or is not tracked).
     header_done: AtomicBool,
     /// Bytes were read after the end of the current request's header: a body, or the start
@@ -32,12 +38,31 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(tcp: TcpStream) -> Self {
+    pub fn new(tcp: TcpStream, tls: Option<Box<ServerConnection>>) -> Self {
         Client {
             tcp,
+            tls: tls.map(Mutex::new),
             header_done: AtomicBool::new(false),
             after_header: AtomicBool::new(false),
         }
+    }
+
+    /// The TLS session, if the client speaks TLS. Its user is the only one (see the field),
+    /// so failing to take it is a bug, reported as an I/O error rather than a wait.
+    pub fn tls(&self) -> Option<io::Result<MutexGuard<'_, Box<ServerConnection>>>> {
+        self.tls.as_ref().map(|m| {
+            m.try_lock()
+                .map_err(|_| io::Error::other("TLS session used from two places"))
+        })
+    }
+
+    /// Gives the socket and TLS session back (to park them).
+    pub fn into_parts(self) -> (TcpStream, Option<Box<ServerConnection>>) {
+        (
+            self.tcp,
+            self.tls
+                .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())),
+        )
     }
 
     /// A new request starts: its header is tracked from its first byte unless `tracked` is
@@ -139,25 +164,39 @@ impl AsyncRead for ClientSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        loop {
-            let tcp = &self.client.tcp;
-            ready!(tcp.poll_read_ready(cx))?;
-            // SAFETY: recv only writes into the slice; assume_init below covers exactly the
-            // bytes it reported.
-            let unfilled: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
-            let got = match socket::try_recv(tcp, unfilled) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            };
-            // SAFETY: recv initialised `got` bytes of the unfilled part.
-            unsafe { buf.assume_init(got) };
-            let start = buf.filled().len();
-            buf.advance(got);
-            let me = &mut *self;
-            me.saw(&buf.filled()[start..]);
-            return Poll::Ready(Ok(()));
+        let start = buf.filled().len();
+        if let Some(tls) = self.client.tls() {
+            let mut conn = tls?;
+            let unfilled = buf.initialize_unfilled();
+            let n = ready!(crate::tls::io::poll_read(
+                &self.client.tcp,
+                &mut conn,
+                cx,
+                unfilled
+            ))?;
+            drop(conn);
+            buf.advance(n);
+        } else {
+            loop {
+                let tcp = &self.client.tcp;
+                ready!(tcp.poll_read_ready(cx))?;
+                // SAFETY: recv only writes into the slice; assume_init below covers exactly
+                // the bytes it reported.
+                let unfilled: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
+                let got = match socket::try_recv(tcp, unfilled) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                // SAFETY: recv initialised `got` bytes of the unfilled part.
+                unsafe { buf.assume_init(got) };
+                buf.advance(got);
+                break;
+            }
         }
+        let me = &mut *self;
+        me.saw(&buf.filled()[start..]);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -168,7 +207,8 @@ impl AsyncWrite for ClientSocket {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         // pingora writes a response's header and body separately and then flushes: gather
-        // small writes so that a small response leaves in one segment and one system call.
+        // small writes so that a small response leaves in one segment and one system call
+        // (one TLS record, for a TLS client).
         if self.out.len() + buf.len() > GATHER {
             ready!(self.as_mut().poll_flush(cx))?;
         }
@@ -177,6 +217,15 @@ impl AsyncWrite for ClientSocket {
             return Poll::Ready(Ok(buf.len()));
         }
         let tcp = &self.client.tcp;
+        if let Some(tls) = self.client.tls() {
+            let mut conn = tls?;
+            let n = conn.writer().write(buf)?;
+            return match crate::tls::io::poll_send(tcp, &mut conn, cx) {
+                Poll::Pending if n == 0 => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Ready(Ok(n)),
+            };
+        }
         loop {
             ready!(tcp.poll_write_ready(cx))?;
             match tcp.try_write(buf) {
@@ -189,13 +238,24 @@ impl AsyncWrite for ClientSocket {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = &mut *self;
         let tcp = &me.client.tcp;
-        while me.sent < me.out.len() {
-            ready!(tcp.poll_write_ready(cx))?;
-            match tcp.try_write(&me.out[me.sent..]) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => me.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+        if let Some(tls) = me.client.tls() {
+            let mut conn = tls?;
+            ready!(crate::tls::io::poll_write_all(
+                tcp,
+                &mut conn,
+                cx,
+                &me.out,
+                &mut me.sent
+            ))?;
+        } else {
+            while me.sent < me.out.len() {
+                ready!(tcp.poll_write_ready(cx))?;
+                match tcp.try_write(&me.out[me.sent..]) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => me.sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
             }
         }
         // Released, not kept: a kept-alive connection waits for its next request without it.
@@ -206,6 +266,11 @@ impl AsyncWrite for ClientSocket {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
+        if let Some(tls) = self.client.tls() {
+            let mut conn = tls?;
+            conn.send_close_notify();
+            ready!(crate::tls::io::poll_send(&self.client.tcp, &mut conn, cx))?;
+        }
         Poll::Ready(
             match SockRef::from(&self.client.tcp).shutdown(std::net::Shutdown::Write) {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),

@@ -13,6 +13,11 @@
 //! of its header (else 408 and close, whatever `idle_timeout` says); connections above the
 //! service's or the process's `max_connections` wait in the backlog ([`crate::io::limits`]).
 //! Pipelined requests (several sent in one write) are answered in order.
+//!
+//! TLS clients are handshaken here (rustls, driven by readiness: `crate::tls::io`) within
+//! `header_timeout`; an HTTP/1 TLS client then takes the same path as a plaintext one, its TLS
+//! session riding along when it is parked. A client that negotiated `h2` is handed to
+//! pingora's HTTP/2 server for the life of the connection.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -31,6 +36,8 @@ use pingora::proxy::HttpProxy;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use tokio::net::TcpStream;
+
+use rustls::{ServerConfig, ServerConnection};
 
 use super::client_socket::{Client, ClientSocket};
 use super::phases::HttpService;
@@ -58,6 +65,7 @@ pub struct HttpListener {
     proxy: Arc<HttpProxy<HttpService>>,
     timeouts: Timeouts,
     limits: Limits,
+    tls: Option<Arc<ServerConfig>>,
     lot: Option<(ParkingLot<Conn>, LotWatcher<Conn>)>,
 }
 
@@ -71,6 +79,8 @@ struct Shared {
     /// spread over shards).
     shutdown: ShutdownWatch,
     lot: ParkingLot<Conn>,
+    /// Clients speak TLS.
+    tls: Option<Arc<ServerConfig>>,
 }
 
 impl HttpListener {
@@ -79,19 +89,32 @@ impl HttpListener {
     pub fn bind(
         name: String,
         addrs: &[SocketAddr],
-        proxy: HttpProxy<HttpService>,
+        mut proxy: HttpProxy<HttpService>,
         timeouts: Timeouts,
         limits: Limits,
+        tls: Option<Arc<ServerConfig>>,
     ) -> Result<Self, String> {
         let sockets = listener::bind(&name, addrs)?;
         let lot = ParkingLot::new()
             .map_err(|e| format!("service {name}: cannot make an epoll set: {e}"))?;
+        if tls
+            .as_ref()
+            .is_some_and(|t| t.alpn_protocols.iter().any(|p| p == b"h2"))
+        {
+            // Connections that negotiated h2 enter pingora through `process_new`, which
+            // starts HTTP/2 on a stream without TLS of its own when h2c is on.
+            let mut o = pingora::apps::HttpServerOptions::default();
+            o.h2c = true;
+            o.h2_idle_timeout = Some(timeouts.idle);
+            proxy.server_options = Some(o);
+        }
         Ok(HttpListener {
             name,
             sockets,
             proxy: Arc::new(proxy),
             timeouts,
             limits,
+            tls,
             lot: Some(lot),
         })
     }
@@ -116,6 +139,7 @@ impl Service for HttpListener {
             keepalive_secs: self.timeouts.idle.as_secs().max(1),
             shutdown: shutdown.clone(),
             lot,
+            tls: self.tls.clone(),
         });
         let woken = shared.clone();
         watcher.start(shutdown.clone(), move |tcp, conn| {
@@ -133,6 +157,7 @@ impl Service for HttpListener {
                     peer,
                     settings: None,
                     idle_since: Instant::now(),
+                    tls: None,
                     _slots: slots,
                 };
                 tokio::spawn(serve(tcp, conn, false, accepted.clone()));
@@ -155,6 +180,8 @@ struct Conn {
     settings: Option<HttpPersistentSettings>,
     /// When the last response was sent (or the connection accepted).
     idle_since: Instant,
+    /// The TLS session of a TLS client, once handshaken.
+    tls: Option<Box<ServerConnection>>,
     /// Its places under the connection limits, released when the connection closes.
     _slots: Slots,
 }
@@ -164,7 +191,19 @@ struct Conn {
 /// [`PARK_AFTER`] of silence the connection leaves this task for the parking lot. `ready`: the
 /// client has already spoken (woken from the lot).
 async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shared>) {
-    let client = Arc::new(Client::new(tcp));
+    let tls = match (&shared.tls, conn.tls.take()) {
+        (Some(config), None) => {
+            let Some(session) = handshake(&tcp, config, &conn, &shared).await else {
+                return;
+            };
+            if session.alpn_protocol() == Some(b"h2") {
+                return serve_h2(tcp, session, conn.peer, &shared).await;
+            }
+            Some(session)
+        }
+        (_, session) => session,
+    };
+    let client = Arc::new(Client::new(tcp, tls));
     let mut shutdown = shared.shutdown.clone();
     let mut pipelined = false;
     loop {
@@ -173,14 +212,16 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
         // request came with); then there is nothing to wait for.
         pipelined = (pipelined || client.read_after_header())
             && conn.settings.as_ref().is_some_and(has_pipelined_prefix);
-        if !ready && !pipelined {
-            match wait_for_request(&client.tcp, &conn, &shared, &mut shutdown).await {
+        if !ready && !pipelined && !tls_has_request(&client) {
+            match wait_for_request(&client, &conn, &shared, &mut shutdown).await {
                 Wait::Request => {}
                 Wait::Close => return,
                 Wait::Park => {
                     if let Ok(client) = Arc::try_unwrap(client) {
                         let deadline = conn.idle_since + shared.timeouts.idle;
-                        shared.lot.park(client.tcp, deadline, conn);
+                        let (tcp, tls) = client.into_parts();
+                        conn.tls = tls;
+                        shared.lot.park(tcp, deadline, conn);
                     }
                     return;
                 }
@@ -201,7 +242,13 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
             biased;
             r = shared.proxy.process_new_http(session, &shared.shutdown) => r,
             () = header_expired(&client, header_deadline) => {
-                let _ = client.tcp.try_write(REQUEST_TIMEOUT);
+                match client.tls() {
+                    Some(Ok(mut s)) => crate::tls::io::try_write_all(&client.tcp, &mut s, REQUEST_TIMEOUT),
+                    Some(Err(_)) => {}
+                    None => {
+                        let _ = client.tcp.try_write(REQUEST_TIMEOUT);
+                    }
+                }
                 tracing::debug!(client = %conn.peer, "request header not complete within header_timeout: 408");
                 return;
             }
@@ -215,6 +262,47 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
             }
             None => return,
         }
+    }
+}
+
+/// Completes a new TLS client's handshake within `header_timeout`; `None` (logged at debug
+/// level: port scanners and impatient clients are common) when it fails.
+async fn handshake(
+    tcp: &TcpStream,
+    config: &Arc<ServerConfig>,
+    conn: &Conn,
+    shared: &Shared,
+) -> Option<Box<ServerConnection>> {
+    let mut session = Box::new(ServerConnection::new(config.clone()).ok()?);
+    let deadline = Instant::now() + shared.timeouts.header;
+    match crate::tls::io::handshake(tcp, &mut session, deadline).await {
+        Ok(()) => Some(session),
+        Err(e) => {
+            tracing::debug!(client = %conn.peer, "TLS handshake failed: {e}");
+            None
+        }
+    }
+}
+
+/// An HTTP/2 client: pingora's HTTP/2 server takes the connection over; each stream is a
+/// request through the same proxy phases.
+async fn serve_h2(
+    tcp: TcpStream,
+    session: Box<ServerConnection>,
+    peer: SocketAddr,
+    shared: &Shared,
+) {
+    let client = Arc::new(Client::new(tcp, Some(session)));
+    client.start_request(false);
+    let stream = client_stream(&client, peer);
+    let _ = pingora::apps::ServerApp::process_new(&shared.proxy, stream, &shared.shutdown).await;
+}
+
+/// A TLS client whose next request already arrived with the last record read.
+fn tls_has_request(client: &Client) -> bool {
+    match client.tls() {
+        Some(Ok(mut s)) => crate::tls::io::has_plaintext(&mut s),
+        _ => false,
     }
 }
 
@@ -283,17 +371,20 @@ enum Wait {
 
 /// Waits until the client sends something, for [`PARK_AFTER`] at most.
 async fn wait_for_request(
-    tcp: &TcpStream,
+    client: &Client,
     conn: &Conn,
     shared: &Shared,
     shutdown: &mut ShutdownWatch,
 ) -> Wait {
+    let tcp = &client.tcp;
+    // A TLS client's socket was read by the handshake, so its readiness is exact.
+    let fresh = conn.settings.is_none() && client.tls().is_none();
     let close_at = conn.idle_since + shared.timeouts.idle;
     let park_at = conn.idle_since + PARK_AFTER;
     tokio::select! {
         biased;
         r = tokio::time::timeout_at(close_at.min(park_at).into(), async {
-            if conn.settings.is_none() {
+            if fresh {
                 // tokio marks an accepted socket readable before any event, so ask the socket.
                 tcp.peek(&mut [0u8]).await.map(|n| n > 0)
             } else {
@@ -318,7 +409,7 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (tcp, peer) = l.accept().await.unwrap();
-        let client = Arc::new(Client::new(tcp));
+        let client = Arc::new(Client::new(tcp, None));
         let mut session = ServerSession::new_http1(client_stream(&client, peer));
         session.set_keepalive(Some(5));
         session.set_pipelining_enabled(true);

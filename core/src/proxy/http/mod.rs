@@ -4,3 +4,4 @@
 mod client_socket;
 pub mod listener;
 pub mod phases;
+pub mod route;

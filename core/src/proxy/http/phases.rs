@@ -2,10 +2,11 @@
 //!
 //! | pingora phase            | what Plugboard does                                         |
 //! |--------------------------|-------------------------------------------------------------|
-//! | `request_filter`         | persistence-key hook, then choose a backend (503 if none)   |
+//! | `request_filter`         | route to a service (by host and path), redirect if asked;   |
+//! |                          | persistence-key hook, then choose a backend (503 if none)   |
 //! | `upstream_peer`          | hand pingora the chosen backend; re-choose after a failure  |
 //! | `fail_to_connect`        | passive health mark, retry once elsewhere (GET/HEAD)        |
-//! | `upstream_request_filter`| add `X-Forwarded-For`                                       |
+//! | `upstream_request_filter`| add `X-Forwarded-For`, set `X-Forwarded-Proto`              |
 //! | `response_filter`        | persistence hook's response step (e.g. insert a cookie)     |
 //!
 //! Keep-alive on both sides and upstream connection reuse are pingora's; each request on a
@@ -18,37 +19,73 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
+use super::route::{host_of, Router};
 use crate::balance::balancer::Balancer;
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::balance::pool::ActiveGuard;
+use crate::config::ServiceConfig;
 
-pub struct HttpService {
+/// One service of a listen address.
+pub struct Route {
     balancer: Arc<Balancer>,
     /// One prepared peer per backend: a request clones it instead of building it.
     peers: Vec<HttpPeer>,
     keepalive_secs: u64,
 }
 
-impl HttpService {
-    pub fn new(balancer: Arc<Balancer>) -> Self {
+impl Route {
+    pub fn new(balancer: Arc<Balancer>) -> Result<Self, String> {
         let cfg = balancer.config();
-        let peers = balancer
-            .pool
-            .backends()
+        let peers = cfg
+            .backends
             .iter()
-            .map(|b| {
-                let mut p = HttpPeer::new(b.address, false, String::new());
-                p.options.connection_timeout = Some(cfg.connect_timeout);
-                p.options.read_timeout = Some(cfg.idle_timeout);
-                p.options.write_timeout = Some(cfg.idle_timeout);
-                p.options.idle_timeout = Some(cfg.idle_timeout);
-                p
-            })
-            .collect();
-        HttpService {
+            .map(|b| peer(cfg, b))
+            .collect::<Result<_, _>>()?;
+        Ok(Route {
             keepalive_secs: cfg.idle_timeout.as_secs().max(1),
             balancer,
             peers,
+        })
+    }
+}
+
+/// The prepared upstream peer of backend `b` of service `cfg` (TLS when `backend_tls` says).
+fn peer(cfg: &ServiceConfig, b: &crate::config::BackendConfig) -> Result<HttpPeer, String> {
+    let mut p = match &cfg.backend_tls {
+        None => HttpPeer::new(b.address, false, String::new()),
+        Some(t) => {
+            let name = crate::tls::client::server_name(t, b).to_str().into_owned();
+            let mut p = HttpPeer::new(b.address, true, name);
+            p.options.verify_cert = t.verify;
+            p.options.verify_hostname = t.verify;
+            if let Some(ca) = &t.ca {
+                p.options.ca = Some(crate::tls::client::pingora_ca(ca)?);
+            }
+            p
+        }
+    };
+    p.options.connection_timeout = Some(cfg.connect_timeout);
+    p.options.read_timeout = Some(cfg.idle_timeout);
+    p.options.write_timeout = Some(cfg.idle_timeout);
+    p.options.idle_timeout = Some(cfg.idle_timeout);
+    Ok(p)
+}
+
+/// The services of one listen address.
+pub struct HttpService {
+    routes: Vec<Route>,
+    router: Router,
+    /// Clients speak TLS to this address (`X-Forwarded-Proto: https`).
+    tls: bool,
+}
+
+impl HttpService {
+    pub fn new(routes: Vec<Route>, tls: bool) -> Self {
+        let router = Router::new(routes.iter().map(|r| r.balancer.config().route.clone()));
+        HttpService {
+            routes,
+            router,
+            tls,
         }
     }
 }
@@ -56,6 +93,8 @@ impl HttpService {
 /// Per-request state.
 #[derive(Default)]
 pub struct Ctx {
+    /// The service (route) of this request.
+    route: usize,
     /// The backend chosen for the current attempt.
     backend: Option<usize>,
     /// The backend the request named itself (e.g. by cookie), for the response step.
@@ -67,9 +106,13 @@ pub struct Ctx {
 }
 
 impl HttpService {
-    fn request<'a>(&'a self, session: &'a Session) -> Request<'a> {
+    fn balancer(&self, ctx: &Ctx) -> &Balancer {
+        &self.routes[ctx.route].balancer
+    }
+
+    fn request<'a>(&'a self, session: &'a Session, ctx: &Ctx) -> Request<'a> {
         Request {
-            service: &self.balancer.config().name,
+            service: &self.routes[ctx.route].balancer.config().name,
             mode: crate::config::Mode::Http,
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             http: Some(session.req_header()),
@@ -79,13 +122,43 @@ impl HttpService {
     }
 
     fn choose(&self, session: &Session, ctx: &mut Ctx) -> Option<usize> {
-        let req = self.request(session);
-        let outcome = self.balancer.key(&req);
+        let req = self.request(session, ctx);
+        let b = self.balancer(ctx);
+        let outcome = b.key(&req);
         if let KeyOutcome::Backend(i) = outcome {
             ctx.named = Some(i);
         }
-        self.balancer.choose(&req, &outcome, &ctx.failed)
+        b.choose(&req, &outcome, &ctx.failed)
     }
+}
+
+/// Writes a bodyless response and ends the request (the connection stays usable).
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    headers: &[(http::HeaderName, &[u8])],
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    for (n, v) in headers {
+        resp.insert_header(n.clone(), *v)?;
+    }
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+/// `https://HOST/PATH?QUERY` for a redirect, or `None` without a usable host.
+fn https_location(req: &RequestHeader) -> Option<Vec<u8>> {
+    let host = host_of(req);
+    if host.is_empty() || host.iter().any(|&b| b <= b' ' || b == b'/' || b == b'@') {
+        return None;
+    }
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut v = Vec::with_capacity(8 + host.len() + target.len());
+    v.extend_from_slice(b"https://");
+    v.extend_from_slice(host);
+    v.extend_from_slice(target.as_bytes());
+    Some(v)
 }
 
 fn no_backend() -> Box<Error> {
@@ -101,15 +174,22 @@ impl ProxyHttp for HttpService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        session.set_keepalive(Some(self.keepalive_secs));
+        let Some(route) = self.router.route(session.req_header()) else {
+            return respond(session, 404, &[]).await;
+        };
+        ctx.route = route;
+        let r = &self.routes[route];
+        session.set_keepalive(Some(r.keepalive_secs));
+        if r.balancer.config().redirect_https {
+            return match https_location(session.req_header()) {
+                Some(l) => respond(session, 301, &[(http::header::LOCATION, &l)]).await,
+                None => respond(session, 400, &[]).await,
+            };
+        }
         ctx.backend = self.choose(session, ctx);
         if ctx.backend.is_none() {
             // Answer here rather than fail later, so that a kept-alive client stays connected.
-            let mut resp = ResponseHeader::build(503, Some(2))?;
-            resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-            resp.insert_header(http::header::RETRY_AFTER, "1")?;
-            session.write_response_header(Box::new(resp), true).await?;
-            return Ok(true);
+            return respond(session, 503, &[(http::header::RETRY_AFTER, b"1")]).await;
         }
         Ok(false)
     }
@@ -123,8 +203,9 @@ impl ProxyHttp for HttpService {
                 i
             }
         };
-        ctx.active = Some(self.balancer.pool.acquire(i));
-        Ok(Box::new(self.peers[i].clone()))
+        let r = &self.routes[ctx.route];
+        ctx.active = Some(r.balancer.pool.acquire(i));
+        Ok(Box::new(r.peers[i].clone()))
     }
 
     fn fail_to_connect(
@@ -135,13 +216,14 @@ impl ProxyHttp for HttpService {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.active = None;
+        let b = &self.routes[ctx.route].balancer;
         if let Some(i) = ctx.backend.take() {
-            self.balancer.connect_failed(i);
+            b.connect_failed(i);
             ctx.failed.push(i);
         }
         let method = &session.req_header().method;
         let replayable = method == http::Method::GET || method == http::Method::HEAD;
-        e.set_retry(replayable && ctx.failed.len() <= self.balancer.config().retries as usize);
+        e.set_retry(replayable && ctx.failed.len() <= b.config().retries as usize);
         e
     }
 
@@ -166,6 +248,8 @@ impl ProxyHttp for HttpService {
             };
             upstream.insert_header("x-forwarded-for", value)?;
         }
+        // Set, not appended: a client must not be able to claim a scheme it did not use.
+        upstream.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
         Ok(())
     }
 
@@ -176,8 +260,8 @@ impl ProxyHttp for HttpService {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(served) = ctx.backend {
-            let req = self.request(session);
-            self.balancer
+            let req = self.request(session, ctx);
+            self.balancer(ctx)
                 .on_response(&req, ctx.named, served, upstream_response);
         }
         Ok(())
