@@ -287,14 +287,14 @@ impl HttpBackend {
     }
 }
 
-async fn serve_http(
-    s: TcpStream,
+pub async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(
+    s: S,
     me: SocketAddr,
     hits: Arc<AtomicUsize>,
     health: Arc<AtomicU16>,
     forwarded: Arc<Mutex<Vec<String>>>,
 ) {
-    let (r, mut w) = s.into_split();
+    let (r, mut w) = tokio::io::split(s);
     let mut r = BufReader::new(r);
     let mut line = String::new();
     loop {

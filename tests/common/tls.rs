@@ -296,3 +296,66 @@ pub fn presented_cn(addr: std::net::SocketAddr, sni: Option<&str>, ca: &Path) ->
         .unwrap_or_default();
     (cn, text.contains("Verification: OK"))
 }
+
+/// An HTTP/1.1 backend that speaks only TLS (the same answers as [`super::HttpBackend`]);
+/// it counts connections that did not complete a TLS handshake (plaintext sent to it).
+pub struct TlsBackend {
+    pub addr: std::net::SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub health: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub failed_handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsBackend {
+    pub async fn start(cert: &Issued) -> TlsBackend {
+        use rustls_pki_types::pem::PemObject;
+        use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert.cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(AtomicU16::new(200));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (h, he, f) = (hits.clone(), health.clone(), failed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, h, he, f) = (acceptor.clone(), h.clone(), he.clone(), f.clone());
+                tokio::spawn(async move {
+                    match acceptor.accept(s).await {
+                        Ok(tls) => {
+                            super::serve_http(tls, addr, h, he, Arc::new(Mutex::new(Vec::new())))
+                                .await
+                        }
+                        Err(_) => {
+                            f.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        TlsBackend {
+            addr,
+            hits,
+            health,
+            failed_handshakes: failed,
+            _task: task,
+        }
+    }
+}

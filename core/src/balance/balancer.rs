@@ -137,7 +137,9 @@ impl Balancer {
                     HealthKind::Plugin(name) => {
                         plugins.health(config, index, name).map_err(in_service)?
                     }
-                    _ => crate::health::builtin(h).expect("built-in health check"),
+                    _ => crate::health::builtin(cfg)
+                        .map_err(in_service)?
+                        .expect("built-in health check"),
                 },
                 h.clone(),
             )),

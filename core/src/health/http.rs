@@ -1,11 +1,14 @@
-//! The `http` check: up when `GET path` answers with the expected status.
+//! The `http` check: up when `GET path` answers with the expected status. For a service
+//! with `backend_tls`, the check speaks TLS with the same verification as the traffic.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::balance::hooks::{HealthCheck, HealthReport};
@@ -16,6 +19,8 @@ pub struct HttpCheck {
     pub path: String,
     pub host: Option<String>,
     pub expect_status: u16,
+    /// TLS towards the backends: the client configuration and each backend's server name.
+    pub tls: Option<(Arc<ClientConfig>, Vec<ServerName<'static>>)>,
 }
 
 #[async_trait]
@@ -23,11 +28,23 @@ impl HealthCheck for HttpCheck {
     async fn check(
         &self,
         _: &Arc<Pool>,
-        _: usize,
+        backend: usize,
         target: SocketAddr,
         timeout: Duration,
     ) -> Option<HealthReport> {
-        let status = http_status(target, &self.path, self.host.as_deref());
+        let status = async {
+            let tcp = TcpStream::connect(target).await.ok()?;
+            let host = self.host.as_deref();
+            match &self.tls {
+                None => http_status(tcp, target, &self.path, host).await,
+                Some((config, names)) => {
+                    let name = names.get(backend)?.clone();
+                    let connector = tokio_rustls::TlsConnector::from(config.clone());
+                    let s = connector.connect(name, tcp).await.ok()?;
+                    http_status(s, target, &self.path, host).await
+                }
+            }
+        };
         Some(match tokio::time::timeout(timeout, status).await {
             Ok(Some(s)) if s == self.expect_status => HealthReport::UP,
             _ => HealthReport::DOWN,
@@ -35,9 +52,13 @@ impl HealthCheck for HttpCheck {
     }
 }
 
-/// Sends `GET path` and returns the status code of the answer.
-pub async fn http_status(target: SocketAddr, path: &str, host: Option<&str>) -> Option<u16> {
-    let mut s = TcpStream::connect(target).await.ok()?;
+/// Sends `GET path` on `s` (connected to `target`) and returns the status of the answer.
+pub async fn http_status<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    target: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+) -> Option<u16> {
     let host = host
         .map(str::to_string)
         .unwrap_or_else(|| target.to_string());

@@ -21,23 +21,39 @@ use pingora::services::background::BackgroundService;
 
 use crate::balance::balancer::Balancer;
 use crate::balance::hooks::HealthCheck;
-use crate::config::{HealthConfig, HealthKind};
+use crate::config::{HealthConfig, HealthKind, ServiceConfig};
 
-/// Builds the built-in check for this config; `None` for plugins.
-pub fn builtin(cfg: &HealthConfig) -> Option<Arc<dyn HealthCheck>> {
-    Some(match &cfg.kind {
+/// Builds the built-in check of service `svc`; `Ok(None)` for plugins.
+pub fn builtin(svc: &ServiceConfig) -> Result<Option<Arc<dyn HealthCheck>>, String> {
+    let Some(cfg) = &svc.health_check else {
+        return Ok(None);
+    };
+    Ok(Some(match &cfg.kind {
         HealthKind::Tcp => Arc::new(TcpCheck),
         HealthKind::Http {
             path,
             expect_status,
             host,
-        } => Arc::new(HttpCheck {
-            path: path.clone(),
-            host: host.clone(),
-            expect_status: *expect_status,
-        }),
-        HealthKind::Plugin(_) => return None,
-    })
+        } => {
+            let tls = match &svc.backend_tls {
+                None => None,
+                Some(t) => Some((
+                    crate::tls::client::client_config(t)?,
+                    svc.backends
+                        .iter()
+                        .map(|b| crate::tls::client::server_name(t, b))
+                        .collect(),
+                )),
+            };
+            Arc::new(HttpCheck {
+                path: path.clone(),
+                host: host.clone(),
+                expect_status: *expect_status,
+                tls,
+            })
+        }
+        HealthKind::Plugin(_) => return Ok(None),
+    }))
 }
 
 /// Runs every active check and slow-start ramp of all services, off the request path.
