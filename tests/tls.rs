@@ -366,3 +366,95 @@ async fn slow_tls_clients_are_cut_off_at_header_timeout() {
         "handshake never started: closed by header_timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_replaced_under_load_without_a_failed_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let old = ca.issue("old", &["mail.example.com"], KeyType::Ecdsa, 365);
+    let new = ca.issue(
+        "new",
+        &["mail2.example.com", "mail.example.com"],
+        KeyType::Rsa,
+        365,
+    );
+    // The served files, replaced in place while clients keep connecting.
+    let (cert, key) = (dir.path().join("served.pem"), dir.path().join("served.key"));
+    std::fs::copy(&old.cert, &cert).unwrap();
+    std::fs::copy(&old.key, &key).unwrap();
+    let b = HttpBackend::start().await;
+    let listen = free_addr();
+    let extra = format!(
+        "[[service.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let p = Proxy::start(
+        &service_toml("http", listen, &extra, &[(b.addr, 1)]),
+        listen,
+    )
+    .await;
+    assert_eq!(
+        presented_cn(listen, Some("mail.example.com"), &ca.cert).0,
+        "mail.example.com"
+    );
+
+    // A full handshake and a request per connection, bounded in time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cafile = ca.cert.clone();
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (stop, cafile) = (stop.clone(), cafile.clone());
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                match connect(listen, "mail.example.com", &cafile).await {
+                    Ok(mut s) => {
+                        match tokio::time::timeout(Duration::from_secs(5), tls_get(&mut s, "/"))
+                            .await
+                        {
+                            Ok((200, _)) => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The certificate first, then the key: in between they do not match, which must not
+    // install anything.
+    std::fs::copy(&new.cert, &cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    std::fs::copy(&new.key, &key).unwrap();
+    let switched = eventually(Duration::from_secs(5), async || {
+        presented_cn(listen, Some("mail.example.com"), &ca.cert).0 == "mail2.example.com"
+    })
+    .await;
+    assert!(
+        switched,
+        "the new certificate was not served\n{}",
+        p.log_text()
+    );
+    // A broken replacement keeps the current certificate.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    p.wait_log(&["certificate not reloaded"], 1, Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for l in load {
+        let (ok, failed) = l.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "failed requests during the replacement: {failed:?}"
+        );
+        total += ok;
+    }
+    assert!(total > 20, "load kept flowing ({total} requests)");
+    let (cn, verified) = presented_cn(listen, Some("mail.example.com"), &ca.cert);
+    assert_eq!((cn.as_str(), verified), ("mail2.example.com", true));
+}

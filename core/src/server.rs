@@ -98,6 +98,7 @@ impl Built {
             server.add_service(TcpService::bind(name, &s.listen, b.clone(), limits(s))?);
         }
         // One listener per http address, serving every service that listens there.
+        let mut cert_stores = Vec::new();
         for (addr, on) in http_addresses(&self.balancers) {
             let lead = on
                 .iter()
@@ -119,6 +120,7 @@ impl Built {
                 None => None,
                 Some(t) => {
                     let store = Arc::new(cert_store(cfg, lead, &on)?);
+                    cert_stores.push(store.clone());
                     Some(tls::server::server_config(t, store)?)
                 }
             };
@@ -130,6 +132,13 @@ impl Built {
                 limits(lead),
                 tls,
             )?);
+        }
+        if !cert_stores.is_empty() {
+            let watcher = tls::watch::watch(cert_stores)?;
+            server.add_service(background_service(
+                "certificate reload",
+                KeepUntilShutdown(watcher),
+            ));
         }
         server.add_service(background_service(
             "health checks",
@@ -214,4 +223,14 @@ fn cert_store(
         }
     }
     CertStore::load(&sources)
+}
+
+/// Holds something (a file watcher) for as long as the server runs.
+struct KeepUntilShutdown<T>(T);
+
+#[async_trait::async_trait]
+impl<T: Send + Sync> pingora::services::background::BackgroundService for KeepUntilShutdown<T> {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let _ = shutdown.changed().await;
+    }
 }

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod io;
 pub mod server;
+pub mod watch;
 
 use std::sync::{Arc, OnceLock};
 
