@@ -3,11 +3,12 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::rdp::{connection_request, routing_token};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,29 +101,6 @@ fn vector(name: &str) -> Vec<u8> {
         .find(|l| l.split_whitespace().next() == Some(name))
         .unwrap();
     hex(line.split_whitespace().nth(1).unwrap())
-}
-
-/// A Connection Request carrying `var` (a cookie or token line) and an rdpNegReq.
-fn connection_request(var: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x03, 0x00, 0x00, 0x00, 0x00, 0xe0, 0, 0, 0, 0, 0];
-    p.extend_from_slice(var);
-    p.extend_from_slice(&[0x01, 0x00, 0x08, 0x00, 0x03, 0x00, 0x00, 0x00]);
-    let len = p.len();
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[4] = (len - 5) as u8;
-    p
-}
-
-/// The routing token a Session Broker would issue for `addr`.
-fn routing_token(addr: SocketAddr) -> String {
-    let IpAddr::V4(ip) = addr.ip() else {
-        panic!("v4 only")
-    };
-    format!(
-        "Cookie: msts={}.{}.0000",
-        u32::from_le_bytes(ip.octets()),
-        addr.port().swap_bytes()
-    )
 }
 
 struct Farm {

@@ -9,18 +9,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::tls::{connect, curl, presented_cn, Ca, Issued, KeyType};
+use common::tls::{cert_table, connect, curl, get as tls_get, presented_cn, Ca, KeyType};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn cert_table(c: &Issued) -> String {
-    format!(
-        "[[service.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
-        c.cert.display(),
-        c.key.display()
-    )
-}
-
 fn resolve(name: &str, addr: SocketAddr) -> String {
     format!("{name}:{}:{}", addr.port(), addr.ip())
 }
@@ -230,56 +221,6 @@ async fn redirect_sends_clients_to_https() {
         assert_eq!(r.header("location"), Some(location));
     }
 }
-
-/// A request on a TLS client connection; returns the status and body.
-async fn tls_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    path: &str,
-) -> (u16, String) {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: mail.example.com\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    read_response(s).await
-}
-
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (u16, String) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "closed mid-response");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
-            buf.drain(..end + 4 + len);
-            assert!(buf.is_empty(), "unexpected extra bytes");
-            return (status, body);
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("a response")
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before a response: {}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 async fn tls_proxy(dir: &Path, extra: &str) -> (Ca, HttpBackend, SocketAddr, Proxy) {
     let ca = Ca::new(dir);
     let c = ca.issue("mail", &["mail.example.com"], KeyType::Ecdsa, 365);
@@ -303,14 +244,16 @@ async fn tls_clients_are_kept_alive_across_parking_and_may_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, b, listen, _p) = tls_proxy(dir.path(), "").await;
     let mut s = connect(listen, "mail.example.com", &ca.cert).await.unwrap();
-    let (status, headers) = tls_get(&mut s, "/headers").await;
-    assert_eq!(status, 200);
+    let a = tls_get(&mut s, "mail.example.com", "/headers", "").await;
+    let headers = a.body;
+    assert_eq!(a.status, 200);
     assert!(headers.contains("x-forwarded-proto: https"), "{headers}");
     assert!(headers.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
     // Silent for longer than the parking delay: the TLS session waits in the lot with the
     // socket and the next request on the same connection is served.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(tls_get(&mut s, "/").await, (200, b.addr.to_string()));
+    let a = tls_get(&mut s, "mail.example.com", "/", "").await;
+    assert_eq!((a.status, a.body), (200, b.addr.to_string()));
     // Two requests in one TLS write get two responses, in order.
     s.write_all(b"GET /big/3 HTTP/1.1\r\nHost: a\r\n\r\nGET /big/4 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -411,11 +354,15 @@ async fn certificates_are_replaced_under_load_without_a_failed_handshake() {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
                 match connect(listen, "mail.example.com", &cafile).await {
                     Ok(mut s) => {
-                        match tokio::time::timeout(Duration::from_secs(5), tls_get(&mut s, "/"))
-                            .await
+                        match tokio::time::timeout(
+                            Duration::from_secs(5),
+                            tls_get(&mut s, "mail.example.com", "/", ""),
+                        )
+                        .await
                         {
-                            Ok((200, _)) => ok += 1,
-                            other => failed.push(format!("{other:?}")),
+                            Ok(a) if a.status == 200 => ok += 1,
+                            Ok(a) => failed.push(a.head),
+                            Err(_) => failed.push("no answer in 5 s".into()),
                         }
                     }
                     Err(e) => failed.push(e.to_string()),

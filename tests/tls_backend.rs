@@ -8,18 +8,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::tls::{connect, Ca, Issued, KeyType, TlsBackend};
+use common::tls::{cert_table, connect, get, Ca, KeyType, TlsBackend};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn cert_table(c: &Issued) -> String {
-    format!(
-        "[[service.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
-        c.cert.display(),
-        c.key.display()
-    )
-}
-
 fn config(listen: SocketAddr, extra: &str, backends: &[SocketAddr]) -> String {
     let mut s = format!(
         "[proxy]\nthreads = 2\n\n[[service]]\nname = \"lync\"\nlisten = \"{listen}\"\n{extra}\n"
@@ -28,55 +18,6 @@ fn config(listen: SocketAddr, extra: &str, backends: &[SocketAddr]) -> String {
         s.push_str(&format!("[[service.backend]]\naddress = \"{b}\"\n"));
     }
     s
-}
-
-/// One request on a TLS client connection: status, Set-Cookie (if any), body.
-async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    s: &mut S,
-    path: &str,
-    cookie: Option<&str>,
-) -> (u16, Option<String>, String) {
-    let c = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: lync.example.com\r\n{c}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let lower = head.to_ascii_lowercase();
-            let len: usize = lower
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).await.unwrap();
-                assert!(n > 0);
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let set = head.lines().find_map(|l| {
-                l.to_ascii_lowercase()
-                    .starts_with("set-cookie:")
-                    .then(|| l[11..].trim().to_string())
-            });
-            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-            return (
-                status,
-                set,
-                String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string(),
-            );
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("a response")
-            .unwrap();
-        assert!(n > 0, "closed");
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +44,8 @@ async fn mcx_affinity_over_tls_reencrypted_to_tls_backends() {
     let mut c = connect(listen, "lync.example.com", &ca.cert).await.unwrap();
     let mut cookies = Vec::new();
     for _ in 0..6 {
-        let (status, set, body) = get(&mut c, "/Mcx/McxService.svc", None).await;
+        let a = get(&mut c, "lync.example.com", "/Mcx/McxService.svc", "").await;
+        let (status, set, body) = (a.status, a.header("set-cookie").map(str::to_string), a.body);
         assert_eq!(status, 200);
         let set = set.expect("MS-WSMAN set on every response without it");
         assert!(set.starts_with("MS-WSMAN=") && !set.to_ascii_lowercase().contains("httponly"));
@@ -113,7 +55,15 @@ async fn mcx_affinity_over_tls_reencrypted_to_tls_backends() {
     for (cookie, home) in &cookies {
         let mut c = connect(listen, "lync.example.com", &ca.cert).await.unwrap();
         for _ in 0..3 {
-            let (status, set, body) = get(&mut c, "/Mcx/McxService.svc", Some(cookie)).await;
+            let a = get(
+                &mut c,
+                "lync.example.com",
+                "/Mcx/McxService.svc",
+                &format!("Cookie: {cookie}\r\n"),
+            )
+            .await;
+            let (status, set, body) =
+                (a.status, a.header("set-cookie").map(str::to_string), a.body);
             assert_eq!((status, set, &body), (200, None, home));
         }
     }
@@ -128,7 +78,7 @@ async fn mcx_affinity_over_tls_reencrypted_to_tls_backends() {
     p.wait_log(&["backend is DOWN"], 1, Duration::from_secs(5))
         .await;
     for _ in 0..6 {
-        let (_, _, body) = get(&mut c, "/", None).await;
+        let body = get(&mut c, "lync.example.com", "/", "").await.body;
         assert_ne!(body, bs[0].addr.to_string());
     }
     // Nothing ever reached a backend in plaintext (health checks included).

@@ -88,6 +88,7 @@ impl Built {
             service: s.max_connections.map(Limit::new),
             process: process.clone(),
         };
+        let mut cert_stores = Vec::new();
         for b in self
             .balancers
             .iter()
@@ -95,10 +96,23 @@ impl Built {
         {
             let s = b.config();
             let name = format!("{} (tcp)", s.name);
-            server.add_service(TcpService::bind(name, &s.listen, b.clone(), limits(s))?);
+            let front = match &s.tls {
+                None => None,
+                Some(t) => {
+                    let store = Arc::new(cert_store(cfg, s, std::slice::from_ref(b))?);
+                    cert_stores.push(store.clone());
+                    Some(tls::server::server_config(t, store)?)
+                }
+            };
+            server.add_service(TcpService::bind(
+                name,
+                &s.listen,
+                b.clone(),
+                limits(s),
+                front,
+            )?);
         }
         // One listener per http address, serving every service that listens there.
-        let mut cert_stores = Vec::new();
         for (addr, on) in http_addresses(&self.balancers) {
             let lead = on
                 .iter()

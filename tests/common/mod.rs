@@ -2,6 +2,7 @@
 //! raw HTTP/1.1 client that shows exactly what went over the wire.
 #![allow(dead_code)]
 
+pub mod rdp;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -359,3 +359,82 @@ impl TlsBackend {
         }
     }
 }
+
+/// The `[[service.certificate]]` table for `c`.
+pub fn cert_table(c: &Issued) -> String {
+    format!(
+        "[[service.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n",
+        c.cert.display(),
+        c.key.display()
+    )
+}
+
+/// A response read off a client connection.
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends `GET path` for `host` with `extra` header lines, then reads the response.
+pub async fn get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+    extra: &str,
+) -> Answer {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_response(s).await
+}
+
+/// Reads one response (Content-Length framed); panics on anything after it.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Answer {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed mid-response");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+            assert_eq!(buf.len(), end + 4 + len, "unexpected extra bytes");
+            return Answer { status, head, body };
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a response: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

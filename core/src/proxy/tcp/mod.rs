@@ -4,7 +4,12 @@
 //! them until the hook has a whole message or `inspect_timeout` passes; (2) persistence key
 //! and backend choice as in http mode; (3) connect, trying another backend on failure up to
 //! `retries` times; (4) send the inspected bytes unchanged, then copy both ways
-//! ([`crate::relay`]) until both sides are done or nothing moved for `idle_timeout`.
+//! ([`relay`]) until both sides are done or nothing moved for `idle_timeout`.
+//!
+//! With `[[service.certificate]]` the client's TLS is terminated first (the handshake within
+//! `inspect_timeout`), and a persistence hook sees the decrypted first bytes; with
+//! `backend_tls` the connection to the backend is TLS. Plain connections keep the
+//! readiness-driven socket relay; TLS on either side copies through the TLS streams.
 
 pub mod relay;
 
@@ -14,8 +19,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::balance::balancer::Balancer;
 use crate::balance::hooks::{KeyOutcome, Request};
@@ -31,8 +39,17 @@ pub const MAX_INSPECT_BYTES: usize = 16 * 1024;
 pub struct TcpService {
     name: String,
     sockets: Vec<std::net::TcpListener>,
-    balancer: Arc<Balancer>,
+    conns: Arc<Conns>,
     limits: Limits,
+}
+
+/// What every connection of a tcp service needs.
+struct Conns {
+    balancer: Arc<Balancer>,
+    /// Terminates the clients' TLS.
+    front: Option<TlsAcceptor>,
+    /// TLS towards the backends, with each backend's server name.
+    back: Option<(TlsConnector, Vec<ServerName<'static>>)>,
 }
 
 impl TcpService {
@@ -42,18 +59,40 @@ impl TcpService {
         addrs: &[SocketAddr],
         balancer: Arc<Balancer>,
         limits: Limits,
+        front: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<Self, String> {
+        let cfg = balancer.config();
+        let back = match &cfg.backend_tls {
+            None => None,
+            Some(t) => {
+                let config: Arc<ClientConfig> = crate::tls::client::client_config(t)?;
+                let names = cfg
+                    .backends
+                    .iter()
+                    .map(|b| crate::tls::client::server_name(t, b))
+                    .collect();
+                Some((TlsConnector::from(config), names))
+            }
+        };
         Ok(TcpService {
             sockets: listener::bind(&name, addrs)?,
             name,
-            balancer,
+            conns: Arc::new(Conns {
+                balancer,
+                front: front.map(TlsAcceptor::from),
+                back,
+            }),
             limits,
         })
     }
 
     /// Reads the client's first bytes until the hook is satisfied, the client stops sending,
     /// or the inspect timeout passes. Returns the bytes read (all of them are forwarded).
-    async fn inspect(balancer: &Balancer, client: &mut TcpStream, req: &Request<'_>) -> Vec<u8> {
+    async fn inspect<S: AsyncRead + Unpin>(
+        balancer: &Balancer,
+        client: &mut S,
+        req: &Request<'_>,
+    ) -> Vec<u8> {
         let mut buf = Vec::with_capacity(1024);
         let deadline = tokio::time::Instant::now() + balancer.config().inspect_timeout;
         let mut chunk = [0u8; 2048];
@@ -111,7 +150,7 @@ impl Service for TcpService {
         shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let balancer = self.balancer.clone();
+        let conns = self.conns.clone();
         let sockets = std::mem::take(&mut self.sockets);
         // Relays already running are left to finish; the server ends them after its grace period.
         listener::serve(
@@ -120,9 +159,9 @@ impl Service for TcpService {
             self.limits.clone(),
             shutdown,
             move |tcp, peer, slots| {
-                let b = balancer.clone();
+                let c = conns.clone();
                 tokio::spawn(async move {
-                    TcpService::proxy(b, tcp, peer).await;
+                    c.serve(tcp, peer).await;
                     drop(slots);
                 });
             },
@@ -135,9 +174,25 @@ impl Service for TcpService {
     }
 }
 
-impl TcpService {
-    /// One client connection, from its first bytes to the end of the relay.
-    async fn proxy(b: Arc<Balancer>, mut client: TcpStream, peer: SocketAddr) {
+impl Conns {
+    /// One client connection: TLS termination if configured, then the proxying.
+    async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
+        let Some(front) = &self.front else {
+            return self.proxy(tcp, peer).await;
+        };
+        let timeout = self.balancer.config().inspect_timeout;
+        match tokio::time::timeout(timeout, front.accept(tcp)).await {
+            Ok(Ok(tls)) => self.proxy(tls, peer).await,
+            Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
+            Err(_) => {
+                tracing::debug!(client = %peer, "TLS handshake not done within inspect_timeout")
+            }
+        }
+    }
+
+    /// From the client's first bytes to the end of the relay.
+    async fn proxy<C: ClientStream>(&self, mut client: C, peer: SocketAddr) {
+        let b = &self.balancer;
         let cfg = b.config();
         let base = Request {
             service: &cfg.name,
@@ -148,7 +203,7 @@ impl TcpService {
             key: None,
         };
         let payload = if b.wants_payload() {
-            Self::inspect(&b, &mut client, &base).await
+            TcpService::inspect(b, &mut client, &base).await
         } else {
             Vec::new()
         };
@@ -162,7 +217,7 @@ impl TcpService {
         };
 
         let mut failed = Vec::new();
-        let (i, mut server) = loop {
+        let (i, server) = loop {
             let Some(i) = b.choose(&req, &outcome, &failed) else {
                 return;
             };
@@ -178,10 +233,48 @@ impl TcpService {
             }
         };
         let _active = b.pool.acquire(i);
+        match &self.back {
+            None => client.relay_to(server, payload, cfg.idle_timeout).await,
+            Some((connector, names)) => {
+                let handshake = connector.connect(names[i].clone(), server);
+                let mut server = match tokio::time::timeout(cfg.connect_timeout, handshake).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        b.connect_failed(i);
+                        return;
+                    }
+                };
+                if !payload.is_empty() && server.write_all(&payload).await.is_err() {
+                    return;
+                }
+                relay::relay_streams(client, server, cfg.idle_timeout).await;
+            }
+        }
+    }
+}
+
+/// A client connection: a bare socket (relayed by readiness) or a TLS stream.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Sends `payload` to `server`, then copies both ways.
+    async fn relay_to(self, server: TcpStream, payload: Vec<u8>, idle: std::time::Duration);
+}
+
+impl ClientStream for TcpStream {
+    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: std::time::Duration) {
         if !payload.is_empty() && server.write_all(&payload).await.is_err() {
             return;
         }
         drop(payload);
-        relay(&client, &server, cfg.idle_timeout).await;
+        relay(&self, &server, idle).await;
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: std::time::Duration) {
+        if !payload.is_empty() && server.write_all(&payload).await.is_err() {
+            return;
+        }
+        drop(payload);
+        relay::relay_streams(self, server, idle).await;
     }
 }

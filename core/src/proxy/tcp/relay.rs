@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::io::socket;
@@ -29,12 +30,7 @@ pub const RELAY_BUFFER: usize = 32 * 1024;
 
 /// Copies both ways until both directions are closed, one fails, or nothing was read for `idle`.
 pub async fn relay(client: &TcpStream, server: &TcpStream, idle: Duration) {
-    let start = Instant::now();
-    let shared = Shared {
-        start,
-        last_read_ms: AtomicU64::new(0),
-        closed: [AtomicBool::new(false), AtomicBool::new(false)],
-    };
+    let shared = Shared::new();
     let copy = async {
         // The first error ends both directions; the caller closes both sockets.
         let _ = tokio::try_join!(
@@ -42,19 +38,76 @@ pub async fn relay(client: &TcpStream, server: &TcpStream, idle: Duration) {
             pipe(server, client, &shared, 1)
         );
     };
-    let watchdog = async {
-        loop {
-            let since = Duration::from_millis(shared.last_read_ms.load(Relaxed));
-            let deadline = start + since + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
+    shared.until_idle(copy, idle).await;
+}
+
+/// The same for streams that are not bare sockets (TLS on either side): each direction
+/// copies through a buffer of [`STREAM_BUFFER`] bytes, flushing after each write so that a
+/// TLS record leaves at once.
+pub async fn relay_streams<A, B>(a: A, b: B, idle: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let shared = Shared::new();
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    let copy = async {
+        let _ = tokio::try_join!(copy(ar, bw, &shared), copy(br, aw, &shared));
     };
-    tokio::select! {
-        () = copy => {}
-        () = watchdog => tracing::debug!("tcp connection idle for {idle:?}, closing"),
+    shared.until_idle(copy, idle).await;
+}
+
+/// Buffer of each direction of [`relay_streams`].
+pub const STREAM_BUFFER: usize = 16 * 1024;
+
+async fn copy(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; STREAM_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        shared.touch();
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+    }
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            start: Instant::now(),
+            last_read_ms: AtomicU64::new(0),
+            closed: [AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+
+    fn touch(&self) {
+        self.last_read_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Runs `copy` until it ends or nothing was read for `idle`.
+    async fn until_idle(&self, copy: impl std::future::Future<Output = ()>, idle: Duration) {
+        let watchdog = async {
+            loop {
+                let since = Duration::from_millis(self.last_read_ms.load(Relaxed));
+                let deadline = self.start + since + idle;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep_until(deadline.into()).await;
+            }
+        };
+        tokio::select! {
+            () = copy => {}
+            () = watchdog => tracing::debug!("tcp connection idle for {idle:?}, closing"),
+        }
     }
 }
 
@@ -81,9 +134,7 @@ async fn pipe(from: &TcpStream, to: &TcpStream, shared: &Shared, dir: usize) -> 
         if n == 0 {
             break;
         }
-        shared
-            .last_read_ms
-            .store(shared.start.elapsed().as_millis() as u64, Relaxed);
+        shared.touch();
         write_all(to, &buf).await?;
         if n < buf.capacity() {
             // Drained: free the buffer while the socket is quiet.
