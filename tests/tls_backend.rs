@@ -140,3 +140,35 @@ async fn backend_certificates_are_verified_unless_told_not_to() {
         "verify = false accepts it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_may_use_a_plain_port_of_a_tls_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let fe = TlsBackend::start(&ca.issue("fe", &["127.0.0.1"], KeyType::Ecdsa, 365)).await;
+    // The same host's plain HTTP port answers the check (Lync's /meet/blank.html on 80).
+    let plain = HttpBackend::start().await;
+    let listen = free_addr();
+    let extra = format!(
+        "backend_tls = {{ ca = \"{}\" }}\nhealth_check = {{ kind = \"http\", path = \"/health\", port = {}, tls = false, interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }}",
+        ca.cert.display(),
+        plain.addr.port()
+    );
+    let p = Proxy::start(&config(listen, &extra, &[fe.addr]), listen).await;
+    // Checks keep passing over plain HTTP, so traffic keeps flowing over TLS.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get_once(listen, "/").await.unwrap().body,
+        fe.addr.to_string()
+    );
+    assert!(
+        !p.log_text().contains("backend is DOWN"),
+        "{}",
+        p.log_text()
+    );
+    // The plain port failing takes the backend out.
+    plain.set_health(503);
+    p.wait_log(&["backend is DOWN"], 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(fe.failed_handshakes.load(Ordering::SeqCst), 0);
+}

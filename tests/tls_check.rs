@@ -52,14 +52,15 @@ fn good_certificates_pass_in_every_form() {
              [[service.certificate]]\ncert = \"{}\"\nkey = \"{}\"\nchain = \"{}\"\n\
              [[service.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\
              [[service.certificate]]\npfx = \"{}\"\npassword_file = \"pass\"\n\
-             [[service.certificate]]\npfx = \"{}\"\npassword_file = \"pass\"\n",
+             [[service.certificate]]\npfx = \"{}\"\npassword_file = \"pass\"\nchain = \"{}\"\n",
             rsa.cert.display(),
             rsa.key.display(),
             ca.cert.display(),
             ec.cert.display(),
             ec.key.display(),
             legacy.display(),
-            aes.display()
+            aes.display(),
+            ca.cert.display()
         ),
     );
     let (code, out, err) = check_in(dir.path(), &text);
@@ -213,4 +214,35 @@ fn sharing_a_listen_address_needs_match_http_and_the_same_tls() {
     assert!(err.contains("F:9:10: duplicate listen address 127.0.0.1:1 (already used by service \"a\" on line 3)"), "{err}");
     assert!(err.contains("F:15:10: listen address 127.0.0.1:1 is shared with service \"a\" (line 3); only http services"), "{err}");
     assert!(err.contains("F:23:19: match.hosts: \"*.*.bad\""), "{err}");
+}
+
+#[test]
+fn health_check_tls_follows_backend_tls_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain_check = "backend_tls = { verify = false }\nhealth_check = { kind = \"http\", port = 80, tls = false }";
+    let (code, out, err) = check_in(dir.path(), &service("a", "127.0.0.1:1", plain_check));
+    assert_eq!(code, 0, "{out}{err}");
+    let bad = [
+        service(
+            "a",
+            "127.0.0.1:1",
+            "health_check = { kind = \"http\", tls = true }",
+        ),
+        service(
+            "b",
+            "127.0.0.1:2",
+            "backend_tls = { verify = false }\nhealth_check = { kind = \"tcp\", tls = true }",
+        ),
+    ]
+    .concat();
+    let (code, out, err) = check_in(dir.path(), &bad);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("F:4:39: health_check.tls = true needs backend_tls"),
+        "{err}"
+    );
+    assert!(
+        err.contains("F:11:38: health_check.tls only applies to kind = \"http\""),
+        "{err}"
+    );
 }

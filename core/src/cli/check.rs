@@ -39,10 +39,54 @@ pub fn summary(cfg: &Config) {
                 humantime::format_duration(p.timeout)
             );
         }
-        if let Some(h) = &s.health_check {
+        if let Some(t) = &s.tls {
             let _ = writeln!(
                 out,
-                "    health {:?} every {} timeout {} rise {} fall {}",
+                "    tls {} certificate(s), TLS {}+, alpn {}",
+                t.certificates.len(),
+                match t.min_version {
+                    crate::config::TlsVersion::V12 => "1.2",
+                    crate::config::TlsVersion::V13 => "1.3",
+                },
+                t.alpn.join(",")
+            );
+        }
+        if let Some(m) = &s.route {
+            let mut line = String::from("    match");
+            if !m.hosts.is_empty() {
+                let _ = write!(line, " hosts {}", m.hosts.join(","));
+            }
+            if !m.path_prefixes.is_empty() {
+                let _ = write!(line, " paths {}", m.path_prefixes.join(","));
+            }
+            if m.ignore_case {
+                line.push_str(" (any case)");
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        if s.redirect_https {
+            let _ = writeln!(out, "    redirect to https");
+        }
+        if let Some(b) = &s.backend_tls {
+            let _ = writeln!(
+                out,
+                "    backend tls verify {}{}{}",
+                if b.verify { "on" } else { "OFF" },
+                b.ca.as_ref()
+                    .map_or(" (system roots)".to_string(), |c| format!(
+                        " ca {}",
+                        c.display()
+                    )),
+                b.sni
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" sni {n}"))
+            );
+        }
+        if let Some(h) = &s.health_check {
+            let port = h.port.map_or(String::new(), |p| format!(" port {p}"));
+            let _ = writeln!(
+                out,
+                "    health {}{port} every {} timeout {} rise {} fall {}",
                 h.kind,
                 humantime::format_duration(h.interval),
                 humantime::format_duration(h.timeout),

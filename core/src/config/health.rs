@@ -16,6 +16,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 pub(super) fn validate(
     r: &mut Reporter,
     h: &Spanned<raw::Health>,
+    backend_tls: bool,
     refs: &mut Vec<RawRef>,
 ) -> Option<HealthConfig> {
     let hs = h.span();
@@ -49,10 +50,22 @@ pub(super) fn validate(
                 .int_in(&h.expect_status, "health_check.expect_status", 100, 599)
                 .unwrap_or(200) as u16;
             let host = h.host.as_ref().map(|v| v.get_ref().clone());
+            let tls = match &h.tls {
+                Some(t) if *t.get_ref() && !backend_tls => {
+                    r.err(
+                        t.span(),
+                        "health_check.tls = true needs backend_tls (its verification settings apply to the check)",
+                    );
+                    false
+                }
+                Some(t) => *t.get_ref(),
+                None => backend_tls,
+            };
             Some(HealthKind::Http {
                 path,
                 expect_status,
                 host,
+                tls,
             })
         }
         other => match plugin_name(other).filter(|n| valid_plugin_name(n)) {
@@ -83,6 +96,9 @@ pub(super) fn validate(
                 v.span(),
                 "health_check.expect_status only applies to kind = \"http\"",
             );
+        }
+        if let Some(v) = &h.tls {
+            r.err(v.span(), "health_check.tls only applies to kind = \"http\"");
         }
     }
     let interval = r

@@ -79,6 +79,7 @@ pub struct Certificate {
 pub struct Match {
     pub hosts: Option<Spanned<Vec<String>>>,
     pub path_prefixes: Option<Spanned<Vec<String>>>,
+    pub ignore_case: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +110,7 @@ pub struct Health {
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
     pub port: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -52,16 +52,16 @@ pub(super) fn validate(
     let scheduler = super::balance::scheduler(r, s, refs);
     let fallback_scheduler = super::balance::fallback(r, s);
     let persistence = super::balance::persistence(r, s, mode, ctx, refs);
+    let backend_tls = super::tls::backend(r, s, ctx.base);
     let health_check = s
         .health_check
         .as_ref()
-        .and_then(|h| super::health::validate(r, h, refs));
+        .and_then(|h| super::health::validate(r, h, backend_tls.is_some(), refs));
     let redirect_https = super::tls::redirect(r, s, mode);
     let backends = super::backend::validate(r, s, span, &name, redirect_https);
     let (tls, loaded) = super::tls::termination(r, s, mode, ctx.base);
     certs.extend(loaded);
     let route = super::tls::route(r, s);
-    let backend_tls = super::tls::backend(r, s, ctx.base);
 
     let slow_start = r
         .duration(&s.slow_start, "slow_start")

@@ -153,23 +153,15 @@ fn cert_source(r: &mut Reporter, c: &Spanned<raw::Certificate>, base: &Path) -> 
                 chain: path(&s.chain),
             })
         }
-        (None, None, Some(_)) => {
-            if let Some(ch) = &s.chain {
-                r.err(
-                    ch.span(),
-                    "certificate.chain goes with cert/key; a PFX carries its chain",
-                );
-                return None;
-            }
-            Some(CertSource::Pfx {
-                pfx: path(&s.pfx)?,
-                password_file: path(&s.password_file),
-            })
-        }
+        (None, None, Some(_)) => Some(CertSource::Pfx {
+            pfx: path(&s.pfx)?,
+            password_file: path(&s.password_file),
+            chain: path(&s.chain),
+        }),
         _ => {
             r.err(
                 c.span(),
-                "certificate: give either cert and key (and optionally chain), or pfx (and optionally password_file)",
+                "certificate: give either cert and key, or pfx (and optionally password_file); chain may go with either",
             );
             None
         }
@@ -215,9 +207,15 @@ pub(super) fn route(r: &mut Reporter, s: &raw::Service) -> Option<RouteMatch> {
     if hosts.is_empty() && path_prefixes.is_empty() {
         r.err(m.span(), "match: give hosts, path_prefixes or both");
     }
+    let ignore_case = m
+        .get_ref()
+        .ignore_case
+        .as_ref()
+        .is_some_and(|v| *v.get_ref());
     Some(RouteMatch {
         hosts,
         path_prefixes,
+        ignore_case,
     })
 }
 

@@ -68,6 +68,8 @@ pub struct RouteMatch {
     pub hosts: Vec<String>,
     /// Path prefixes; empty: any path.
     pub path_prefixes: Vec<String>,
+    /// Compare paths without regard to ASCII case (IIS does: `/ews` is `/EWS`).
+    pub ignore_case: bool,
 }
 
 /// TLS towards the backends.
@@ -168,8 +170,32 @@ pub enum HealthKind {
         path: String,
         expect_status: u16,
         host: Option<String>,
+        /// Speak TLS (with the service's `backend_tls` verification): the default when the
+        /// service has `backend_tls`; `tls = false` checks a plain HTTP port instead.
+        tls: bool,
     },
     Plugin(String),
+}
+
+impl fmt::Display for HealthKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HealthKind::Tcp => f.write_str("tcp"),
+            HealthKind::Http {
+                path,
+                expect_status,
+                host,
+                tls,
+            } => {
+                write!(f, "{} GET {path}", if *tls { "https" } else { "http" })?;
+                if let Some(h) = host {
+                    write!(f, " Host {h}")?;
+                }
+                write!(f, " expect {expect_status}")
+            }
+            HealthKind::Plugin(p) => write!(f, "plugin:{p}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

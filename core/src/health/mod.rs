@@ -34,8 +34,9 @@ pub fn builtin(svc: &ServiceConfig) -> Result<Option<Arc<dyn HealthCheck>>, Stri
             path,
             expect_status,
             host,
+            tls,
         } => {
-            let tls = match &svc.backend_tls {
+            let tls = match svc.backend_tls.as_ref().filter(|_| *tls) {
                 None => None,
                 Some(t) => Some((
                     crate::tls::client::client_config(t)?,

@@ -18,9 +18,12 @@ pub enum CertSource {
         key: PathBuf,
         chain: Option<PathBuf>,
     },
+    /// `chain`: intermediates or the root in a separate PEM file, for a PFX exported without
+    /// them; appended after the PFX's own certificates, skipping any already there.
     Pfx {
         pfx: PathBuf,
         password_file: Option<PathBuf>,
+        chain: Option<PathBuf>,
     },
 }
 
@@ -33,9 +36,14 @@ impl CertSource {
                 v.extend(chain.as_deref());
                 v
             }
-            CertSource::Pfx { pfx, password_file } => {
+            CertSource::Pfx {
+                pfx,
+                password_file,
+                chain,
+            } => {
                 let mut v = vec![pfx.as_path()];
                 v.extend(password_file.as_deref());
+                v.extend(chain.as_deref());
                 v
             }
         }
@@ -142,7 +150,11 @@ pub fn load(src: &CertSource) -> Result<Loaded, CertError> {
             })?;
             (certs, k, Part::Key)
         }
-        CertSource::Pfx { pfx, password_file } => {
+        CertSource::Pfx {
+            pfx,
+            password_file,
+            chain,
+        } => {
             let bytes = read(pfx, Part::Pfx)?;
             let password = match password_file {
                 Some(p) => {
@@ -185,7 +197,7 @@ pub fn load(src: &CertSource) -> Result<Loaded, CertError> {
                     ),
                 ));
             };
-            let certs: Vec<CertificateDer<'static>> = kc
+            let mut certs: Vec<CertificateDer<'static>> = kc
                 .certs()
                 .iter()
                 .map(|c| CertificateDer::from(c.as_der().to_vec()))
@@ -195,6 +207,13 @@ pub fn load(src: &CertSource) -> Result<Loaded, CertError> {
                     Part::Pfx,
                     format!("{}: its private key has no certificate", pfx.display()),
                 ));
+            }
+            if let Some(c) = chain {
+                for extra in pem_certs(c, Part::Chain)? {
+                    if !certs.contains(&extra) {
+                        certs.push(extra);
+                    }
+                }
             }
             let k = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(kc.key().as_der().to_vec()));
             (certs, k, Part::Pfx)

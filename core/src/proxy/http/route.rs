@@ -51,7 +51,14 @@ fn accepts(m: &RouteMatch, host: &[u8], path: &str) -> bool {
         || std::str::from_utf8(host).is_ok_and(|h| m.hosts.iter().any(|p| host_matches(p, h)));
     host_ok
         && (m.path_prefixes.is_empty()
-            || m.path_prefixes.iter().any(|p| path.starts_with(p.as_str())))
+            || m.path_prefixes.iter().any(|p| {
+                if m.ignore_case {
+                    path.len() >= p.len()
+                        && path.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                } else {
+                    path.starts_with(p.as_str())
+                }
+            }))
 }
 
 /// Case-insensitive host match of a pattern that is already lower-case.
@@ -102,6 +109,7 @@ mod tests {
         Some(RouteMatch {
             hosts: hosts.iter().map(|s| s.to_string()).collect(),
             path_prefixes: prefixes.iter().map(|s| s.to_string()).collect(),
+            ignore_case: false,
         })
     }
 
@@ -121,6 +129,19 @@ mod tests {
         assert_eq!(r.route(&req("x", "/ews/exchange.asmx")), Some(3));
         let no_default = Router::new([m(&["a"], &[])]);
         assert_eq!(no_default.route(&req("b", "/")), None);
+    }
+
+    #[test]
+    fn paths_compare_by_case_unless_told_not_to() {
+        let mut ews = m(&[], &["/EWS"]).unwrap();
+        let strict = Router::new([Some(ews.clone()), None]);
+        assert_eq!(strict.route(&req("x", "/ews/Exchange.asmx")), Some(1));
+        ews.ignore_case = true;
+        let iis = Router::new([Some(ews), None]);
+        assert_eq!(iis.route(&req("x", "/ews/Exchange.asmx")), Some(0));
+        assert_eq!(iis.route(&req("x", "/EWS")), Some(0));
+        assert_eq!(iis.route(&req("x", "/EW")), Some(1));
+        assert_eq!(iis.route(&req("x", "/\u{e9}")), Some(1));
     }
 
     #[test]
