@@ -172,3 +172,58 @@ async fn a_health_check_may_use_a_plain_port_of_a_tls_backend() {
         .await;
     assert_eq!(fe.failed_handshakes.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_requests_stream_both_ways_through_tls_on_both_sides() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let front = ca.issue("front", &["mail.example.com"], KeyType::Ecdsa, 365);
+    let cas = TlsBackend::start(&ca.issue("cas", &["127.0.0.1"], KeyType::Ecdsa, 365)).await;
+    let listen = free_addr();
+    let extra = format!(
+        "backend_tls = {{ ca = \"{}\" }}\n{}",
+        ca.cert.display(),
+        cert_table(&front)
+    );
+    let p = Proxy::start(&config(listen, &extra, &[cas.addr]), listen).await;
+    let tls = connect(listen, "mail.example.com", &ca.cert).await.unwrap();
+    let mut s = tokio::io::BufReader::new(tls);
+    s.get_mut()
+        .write_all(b"POST /duplex HTTP/1.1\r\nHost: mail.example.com\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    // Each chunk comes back before the next is sent: neither direction waits for the other
+    // to finish, and nothing buffers a whole body.
+    let mut line = String::new();
+    let read_line = async |s: &mut tokio::io::BufReader<_>, line: &mut String| {
+        line.clear();
+        tokio::time::timeout(Duration::from_secs(5), s.read_line(line))
+            .await
+            .unwrap_or_else(|_| panic!("nothing streamed back\n{}", p.log_text()))
+            .unwrap();
+    };
+    read_line(&mut s, &mut line).await;
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    loop {
+        read_line(&mut s, &mut line).await;
+        if line == "\r\n" {
+            break;
+        }
+    }
+    for i in 0..5 {
+        let msg = format!("rpc-{i}");
+        s.get_mut()
+            .write_all(format!("{:x}\r\n{msg}\r\n", msg.len()).as_bytes())
+            .await
+            .unwrap();
+        s.get_mut().flush().await.unwrap();
+        read_line(&mut s, &mut line).await;
+        assert_eq!(line.trim(), format!("{:x}", msg.len()));
+        read_line(&mut s, &mut line).await;
+        assert_eq!(line.trim(), msg);
+    }
+    s.get_mut().write_all(b"0\r\n\r\n").await.unwrap();
+    read_line(&mut s, &mut line).await;
+    assert_eq!(line.trim(), "0");
+}

@@ -234,7 +234,8 @@ impl Drop for Proxy {
 
 /// An HTTP/1.1 backend with keep-alive. Answers `GET /health` with a settable status, `/slow`
 /// after a delay, `/headers` with the request's header lines (lower-cased), `/echo` with the
-/// request body, `/big/N` with N bytes, anything else with 200 and its own address as body.
+/// request body, `/big/N` with N bytes, a chunked `/duplex` by echoing each chunk at once, and
+/// anything else with 200 and its own address as body.
 pub struct HttpBackend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
@@ -323,6 +324,12 @@ pub async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send +
                 len = v.trim().parse().unwrap_or(0);
             }
         }
+        if path == "/duplex" && all_headers.contains("transfer-encoding: chunked") {
+            if duplex(&mut r, &mut w).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let mut body = vec![0; len];
         if r.read_exact(&mut body).await.is_err() {
             return;
@@ -348,6 +355,31 @@ pub async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send +
         );
         if w.write_all(resp.as_bytes()).await.is_err() {
             return;
+        }
+    }
+}
+
+/// `/duplex`: answers at once with a chunked response, then sends each chunk of the chunked
+/// request body back as soon as it arrives (a long-lived request streaming both ways, like
+/// Outlook Anywhere's RPC channels).
+async fn duplex(
+    r: &mut (impl tokio::io::AsyncBufRead + Unpin),
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> std::io::Result<()> {
+    w.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await?;
+    w.flush().await?;
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size).await?;
+        let n = usize::from_str_radix(size.trim(), 16).map_err(std::io::Error::other)?;
+        let mut data = vec![0; n + 2];
+        r.read_exact(&mut data).await?;
+        w.write_all(size.as_bytes()).await?;
+        w.write_all(&data).await?;
+        w.flush().await?;
+        if n == 0 {
+            return Ok(());
         }
     }
 }
