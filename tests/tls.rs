@@ -405,3 +405,49 @@ async fn certificates_are_replaced_under_load_without_a_failed_handshake() {
     let (cn, verified) = presented_cn(listen, Some("mail.example.com"), &ca.cert);
     assert_eq!((cn.as_str(), verified), ("mail2.example.com", true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_bodies_cross_tls_both_ways_and_broken_records_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _b, listen, p) = tls_proxy(dir.path(), "").await;
+    let mut s = connect(listen, "mail.example.com", &ca.cert).await.unwrap();
+    // 3 MB down: many full records, several encryptions per flush.
+    let a = tls_get(&mut s, "mail.example.com", "/big/3000000", "").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), 3_000_000);
+    assert!(a.body.bytes().all(|b| b == b'x'));
+    // 1 MB up in 16 KiB records, echoed back on the same connection.
+    let body: String = (0..1_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    s.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: mail.example.com\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
+    let a = common::tls::read_response(&mut s).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body == body, "echo unchanged");
+    // A record where a handshake belongs: the proxy sends an alert and closes, quietly (a
+    // client can do this at will); others go on.
+    let mut raw = tokio::net::TcpStream::connect(listen).await.unwrap();
+    // Application data before any handshake.
+    let hello = [0x17, 0x03, 0x03, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o'];
+    raw.write_all(&hello).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "closed after a broken record");
+    assert_eq!(answer.first(), Some(&0x15), "a TLS alert: {answer:?}");
+    let mut s2 = connect(listen, "mail.example.com", &ca.cert).await.unwrap();
+    assert_eq!(
+        tls_get(&mut s2, "mail.example.com", "/", "").await.status,
+        200
+    );
+    assert!(!p.log_text().contains("panicked"));
+    assert!(!p.log_text().contains("WARN rustls"), "{}", p.log_text());
+}

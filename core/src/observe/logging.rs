@@ -8,9 +8,16 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`).
-/// Also routes pingora's `log` records into tracing.
+/// Also routes pingora's `log` records into tracing. rustls warns about every client that
+/// breaks the protocol, which any client can do at will: those lines are dropped unless
+/// `RUST_LOG` names rustls.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    if !directives.contains("rustls") {
+        directives.push_str(",rustls=error");
+    }
+    let filter =
+        EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,rustls=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -163,7 +163,7 @@ pub fn server_config(tls: &TlsConfig, store: Arc<CertStore>) -> Result<Arc<Serve
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // Stateless session resumption: a returning client skips the full handshake on any
     // worker thread (the keys rotate every 6 hours).
-    if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+    if let Ok(t) = super::ticketer() {
         config.ticketer = t;
     }
     Ok(Arc::new(config))

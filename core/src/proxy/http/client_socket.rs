@@ -2,7 +2,7 @@
 //! reads without extra system calls, gathers a response's writes into one, and notices where
 //! each request's header ends (for `header_timeout` and pipelining).
 
-use std::io::{self, Write as _};
+use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
 use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket};
-use rustls::ServerConnection;
 use socket2::SockRef;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::io::socket;
+use crate::tls::session::TlsSession;
 
 /// Writes up to this size are gathered until pingora flushes.
 const GATHER: usize = 16 * 1024;
@@ -29,7 +29,7 @@ pub struct Client {
     /// The TLS session, for a TLS client. Used by one side at a time by construction: the
     /// request's socket while pingora has it, the connection's task between requests; the
     /// mutex only makes that checkable (it is never contended, see [`Client::tls`]).
-    tls: Option<Mutex<Box<ServerConnection>>>,
+    tls: Option<Mutex<Box<TlsSession>>>,
     /// The current request's header has been read to its end (or is not tracked).
     header_done: AtomicBool,
     /// Bytes were read after the end of the current request's header: a body, or the start
@@ -38,7 +38,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(tcp: TcpStream, tls: Option<Box<ServerConnection>>) -> Self {
+    pub fn new(tcp: TcpStream, tls: Option<Box<TlsSession>>) -> Self {
         Client {
             tcp,
             tls: tls.map(Mutex::new),
@@ -49,20 +49,22 @@ impl Client {
 
     /// The TLS session, if the client speaks TLS. Its user is the only one (see the field),
     /// so failing to take it is a bug, reported as an I/O error rather than a wait.
-    pub fn tls(&self) -> Option<io::Result<MutexGuard<'_, Box<ServerConnection>>>> {
+    pub fn tls(&self) -> Option<io::Result<MutexGuard<'_, Box<TlsSession>>>> {
         self.tls.as_ref().map(|m| {
             m.try_lock()
                 .map_err(|_| io::Error::other("TLS session used from two places"))
         })
     }
 
-    /// Gives the socket and TLS session back (to park them).
-    pub fn into_parts(self) -> (TcpStream, Option<Box<ServerConnection>>) {
-        (
-            self.tcp,
-            self.tls
-                .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())),
-        )
+    /// Gives the socket and TLS session back (to park them), the session without its
+    /// empty buffers.
+    pub fn into_parts(self) -> (TcpStream, Option<Box<TlsSession>>) {
+        let tls = self.tls.map(|m| {
+            let mut s = m.into_inner().unwrap_or_else(|e| e.into_inner());
+            s.shrink();
+            s
+        });
+        (self.tcp, tls)
     }
 
     /// A new request starts: its header is tracked from its first byte unless `tracked` is
@@ -122,6 +124,8 @@ pub struct ClientSocket {
     /// Gathered writes, and how much of them has been sent.
     out: Vec<u8>,
     sent: usize,
+    /// A TLS close_notify has been queued (by the first `poll_shutdown`).
+    closing: bool,
 }
 
 impl ClientSocket {
@@ -131,6 +135,7 @@ impl ClientSocket {
             scan: HeaderScan::default(),
             out: Vec::new(),
             sent: 0,
+            closing: false,
         }
     }
 
@@ -166,15 +171,10 @@ impl AsyncRead for ClientSocket {
     ) -> Poll<io::Result<()>> {
         let start = buf.filled().len();
         if let Some(tls) = self.client.tls() {
-            let mut conn = tls?;
+            let mut session = tls?;
             let unfilled = buf.initialize_unfilled();
-            let n = ready!(crate::tls::io::poll_read(
-                &self.client.tcp,
-                &mut conn,
-                cx,
-                unfilled
-            ))?;
-            drop(conn);
+            let n = ready!(session.poll_read(&self.client.tcp, cx, unfilled))?;
+            drop(session);
             buf.advance(n);
         } else {
             loop {
@@ -218,13 +218,17 @@ impl AsyncWrite for ClientSocket {
         }
         let tcp = &self.client.tcp;
         if let Some(tls) = self.client.tls() {
-            let mut conn = tls?;
-            let n = conn.writer().write(buf)?;
-            return match crate::tls::io::poll_send(tcp, &mut conn, cx) {
-                Poll::Pending if n == 0 => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                _ => Poll::Ready(Ok(n)),
-            };
+            let mut session = tls?;
+            if session.out_full() {
+                ready!(session.poll_flush(tcp, cx))?;
+            }
+            let n = buf.len().min(GATHER * 4);
+            session.encrypt(&buf[..n])?;
+            // Sent as far as the socket takes it now; poll_flush sends the rest.
+            if let Poll::Ready(Err(e)) = session.poll_flush(tcp, cx) {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(n));
         }
         loop {
             ready!(tcp.poll_write_ready(cx))?;
@@ -239,14 +243,12 @@ impl AsyncWrite for ClientSocket {
         let me = &mut *self;
         let tcp = &me.client.tcp;
         if let Some(tls) = me.client.tls() {
-            let mut conn = tls?;
-            ready!(crate::tls::io::poll_write_all(
-                tcp,
-                &mut conn,
-                cx,
-                &me.out,
-                &mut me.sent
-            ))?;
+            let mut session = tls?;
+            if !me.out.is_empty() {
+                session.encrypt(&me.out)?;
+                me.out.clear();
+            }
+            ready!(session.poll_flush(tcp, cx))?;
         } else {
             while me.sent < me.out.len() {
                 ready!(tcp.poll_write_ready(cx))?;
@@ -266,13 +268,17 @@ impl AsyncWrite for ClientSocket {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
-        if let Some(tls) = self.client.tls() {
-            let mut conn = tls?;
-            conn.send_close_notify();
-            ready!(crate::tls::io::poll_send(&self.client.tcp, &mut conn, cx))?;
+        let me = &mut *self;
+        if let Some(tls) = me.client.tls() {
+            let mut session = tls?;
+            if !me.closing {
+                session.close_notify()?;
+                me.closing = true;
+            }
+            ready!(session.poll_flush(&me.client.tcp, cx))?;
         }
         Poll::Ready(
-            match SockRef::from(&self.client.tcp).shutdown(std::net::Shutdown::Write) {
+            match SockRef::from(&me.client.tcp).shutdown(std::net::Shutdown::Write) {
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
                 r => r,
             },

@@ -37,13 +37,14 @@ use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
 use tokio::net::TcpStream;
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::ServerConfig;
 
 use super::client_socket::{Client, ClientSocket};
 use super::phases::HttpService;
 use crate::io::limits::{Limits, Slots};
 use crate::io::listener::{self, stopping};
 use crate::io::parking::{LotWatcher, ParkingLot, PARK_AFTER};
+use crate::tls::session::TlsSession;
 
 /// What a client whose header is too slow gets before the connection closes.
 const REQUEST_TIMEOUT: &[u8] =
@@ -181,7 +182,7 @@ struct Conn {
     /// When the last response was sent (or the connection accepted).
     idle_since: Instant,
     /// The TLS session of a TLS client, once handshaken.
-    tls: Option<Box<ServerConnection>>,
+    tls: Option<Box<TlsSession>>,
     /// Its places under the connection limits, released when the connection closes.
     _slots: Slots,
 }
@@ -243,7 +244,7 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
             r = shared.proxy.process_new_http(session, &shared.shutdown) => r,
             () = header_expired(&client, header_deadline) => {
                 match client.tls() {
-                    Some(Ok(mut s)) => crate::tls::io::try_write_all(&client.tcp, &mut s, REQUEST_TIMEOUT),
+                    Some(Ok(mut s)) => s.send_last(&client.tcp, REQUEST_TIMEOUT),
                     Some(Err(_)) => {}
                     None => {
                         let _ = client.tcp.try_write(REQUEST_TIMEOUT);
@@ -272,10 +273,10 @@ async fn handshake(
     config: &Arc<ServerConfig>,
     conn: &Conn,
     shared: &Shared,
-) -> Option<Box<ServerConnection>> {
-    let mut session = Box::new(ServerConnection::new(config.clone()).ok()?);
+) -> Option<Box<TlsSession>> {
+    let mut session = Box::new(TlsSession::new(config.clone()).ok()?);
     let deadline = Instant::now() + shared.timeouts.header;
-    match crate::tls::io::handshake(tcp, &mut session, deadline).await {
+    match session.handshake(tcp, deadline).await {
         Ok(()) => Some(session),
         Err(e) => {
             tracing::debug!(client = %conn.peer, "TLS handshake failed: {e}");
@@ -286,12 +287,7 @@ async fn handshake(
 
 /// An HTTP/2 client: pingora's HTTP/2 server takes the connection over; each stream is a
 /// request through the same proxy phases.
-async fn serve_h2(
-    tcp: TcpStream,
-    session: Box<ServerConnection>,
-    peer: SocketAddr,
-    shared: &Shared,
-) {
+async fn serve_h2(tcp: TcpStream, session: Box<TlsSession>, peer: SocketAddr, shared: &Shared) {
     let client = Arc::new(Client::new(tcp, Some(session)));
     client.start_request(false);
     let stream = client_stream(&client, peer);
@@ -301,7 +297,7 @@ async fn serve_h2(
 /// A TLS client whose next request already arrived with the last record read.
 fn tls_has_request(client: &Client) -> bool {
     match client.tls() {
-        Some(Ok(mut s)) => crate::tls::io::has_plaintext(&mut s),
+        Some(Ok(mut s)) => s.has_plaintext(),
         _ => false,
     }
 }
