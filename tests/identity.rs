@@ -114,7 +114,7 @@ async fn metrics_and_logs_name_backends_by_name() {
     );
     let _p = Proxy::start(&cfg, listen).await;
     assert_eq!(get_once(listen, "/").await.unwrap().status, 200);
-    let text = get_once(metrics, "/metrics").await.unwrap().body;
+    let text = scrape(metrics).await;
     assert!(
         text.contains("plugboard_backend_selected_total{backend=\"fe1\",service=\"web\"} 1"),
         "{text}"

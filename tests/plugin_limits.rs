@@ -31,10 +31,6 @@ fn services(
     s
 }
 
-async fn scrape(metrics: SocketAddr) -> String {
-    get_once(metrics, "/metrics").await.unwrap().body
-}
-
 /// The value of the first metric line starting with `prefix`.
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()

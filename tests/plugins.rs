@@ -63,10 +63,6 @@ async fn bodies(to: SocketAddr, n: usize, headers: &[(&str, &str)]) -> Vec<Respo
     out
 }
 
-async fn scrape(metrics: SocketAddr) -> String {
-    get_once(metrics, "/metrics").await.unwrap().body
-}
-
 /// The value of a counter line starting with `prefix` (labels included), or 0.
 fn counter(text: &str, prefix: &str) -> f64 {
     text.lines()

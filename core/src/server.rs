@@ -33,6 +33,8 @@ pub struct Built {
 impl Built {
     /// Loads the plugins (errors at their config lines) and builds every service's balancer.
     pub fn new(cfg: Config) -> Result<Built, String> {
+        // Before pingora builds any connector, which would install its own default.
+        tls::provider();
         let metrics = Arc::new(Metrics::new());
         let plugins = if cfg.plugin_refs.is_empty() {
             None

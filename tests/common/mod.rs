@@ -514,6 +514,21 @@ pub async fn get_once(to: SocketAddr, path: &str) -> std::io::Result<Response> {
     Client::connect(to).await?.get(path, &[]).await
 }
 
+/// The metrics text served at `addr`, retrying while the endpoint does not answer yet
+/// (pingora starts it beside the services, so it may listen a moment after them).
+pub async fn scrape(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get_once(addr, "/metrics").await {
+            Ok(r) => return r.body,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("no metrics at {addr}: {e}"),
+        }
+    }
+}
+
 /// Counts responses by body (the backend address).
 pub fn tally<'a>(bodies: impl IntoIterator<Item = &'a str>) -> HashMap<String, usize> {
     let mut m = HashMap::new();
