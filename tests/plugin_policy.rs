@@ -10,22 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-async fn two() -> (HttpBackend, HttpBackend, Vec<(SocketAddr, u32)>) {
-    let a = HttpBackend::start().await;
-    let b = HttpBackend::start().await;
-    let list = vec![(a.addr, 1), (b.addr, 1)];
-    (a, b, list)
-}
-
-async fn bodies(to: SocketAddr, n: usize, headers: &[(&str, &str)]) -> Vec<Response> {
-    let mut c = Client::connect(to).await.unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(c.get("/", headers).await.unwrap());
-    }
-    out
-}
-
 /// Config with one http service per `(listen, extra)`, all over `backends`.
 fn services(
     plugins_dir: &Path,

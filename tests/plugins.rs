@@ -47,22 +47,6 @@ fn services(
     s
 }
 
-async fn two() -> (HttpBackend, HttpBackend, Vec<(SocketAddr, u32)>) {
-    let a = HttpBackend::start().await;
-    let b = HttpBackend::start().await;
-    let list = vec![(a.addr, 1), (b.addr, 1)];
-    (a, b, list)
-}
-
-async fn bodies(to: SocketAddr, n: usize, headers: &[(&str, &str)]) -> Vec<Response> {
-    let mut c = Client::connect(to).await.unwrap();
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(c.get("/", headers).await.unwrap());
-    }
-    out
-}
-
 /// The value of a counter line starting with `prefix` (labels included), or 0.
 fn counter(text: &str, prefix: &str) -> f64 {
     text.lines()

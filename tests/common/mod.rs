@@ -514,6 +514,24 @@ pub async fn get_once(to: SocketAddr, path: &str) -> std::io::Result<Response> {
     Client::connect(to).await?.get(path, &[]).await
 }
 
+/// Two HTTP backends of weight 1, and their list for [`service_toml`].
+pub async fn two() -> (HttpBackend, HttpBackend, Vec<(SocketAddr, u32)>) {
+    let a = HttpBackend::start().await;
+    let b = HttpBackend::start().await;
+    let list = vec![(a.addr, 1), (b.addr, 1)];
+    (a, b, list)
+}
+
+/// `n` requests for `/` with `headers` on one kept-alive connection.
+pub async fn bodies(to: SocketAddr, n: usize, headers: &[(&str, &str)]) -> Vec<Response> {
+    let mut c = Client::connect(to).await.unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.get("/", headers).await.unwrap());
+    }
+    out
+}
+
 /// The metrics text served at `addr`, retrying while the endpoint does not answer yet
 /// (pingora starts it beside the services, so it may listen a moment after them).
 pub async fn scrape(addr: SocketAddr) -> String {
