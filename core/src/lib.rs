@@ -8,6 +8,7 @@
 //! [`plugin`] runs WASM and Lua hooks, [`observe`] logs and counts, [`config`] and [`cli`] are
 //! how an administrator drives it, and [`server`] assembles the pieces. See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;

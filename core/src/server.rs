@@ -10,6 +10,9 @@ use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
+use crate::admin::api::AdminApp;
+use crate::admin::control::Control;
+use crate::admin::state_file::StateFile;
 use crate::balance::balancer::{Balancer, HookSource, NoPlugins};
 use crate::config::{Config, Mode};
 use crate::health::HealthService;
@@ -163,6 +166,26 @@ impl Built {
                 plugins: self.plugins.clone(),
             },
         ));
+        if let Some(admin) = &cfg.admin {
+            // Saved runtime changes apply before the first client is served.
+            let state = match &admin.state_file {
+                None => None,
+                Some(path) => {
+                    let mut f = StateFile::open(path)?;
+                    f.apply(&self.balancers);
+                    Some(f)
+                }
+            };
+            let mut svc = Service::new(
+                "admin API".to_string(),
+                AdminApp {
+                    control: Arc::new(Control::new(self.balancers.clone(), state)),
+                    token: admin.token.clone(),
+                },
+            );
+            svc.add_tcp(&admin.listen.to_string());
+            server.add_service(svc);
+        }
         if let Some(addr) = cfg.proxy.metrics {
             let mut svc = Service::new(
                 "metrics".to_string(),

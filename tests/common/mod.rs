@@ -588,7 +588,6 @@ pub fn backends_toml(list: &[(SocketAddr, u32)]) -> String {
         .collect()
 }
 
-/// Writes a config file into a fresh temp dir and returns both.
 /// Runs the binary on a service whose listen address (from `service(listen)`) is already
 /// taken, and returns what it printed on stderr once it has exited with a failure.
 pub fn refused_on_busy_address(service: impl Fn(SocketAddr) -> String) -> (SocketAddr, String) {
@@ -605,6 +604,7 @@ pub fn refused_on_busy_address(service: impl Fn(SocketAddr) -> String) -> (Socke
     (listen, err)
 }
 
+/// Writes a config file into a fresh temp dir and returns both.
 pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plugboard.toml");

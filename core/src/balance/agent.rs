@@ -5,14 +5,43 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering::Relaxed};
 
-/// Administrative state an agent can request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentAdmin {
+/// Administrative state of a backend, set by an operator (admin API) or by its agent; the
+/// stricter of the two applies. What is in flight always finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdminState {
     Ready = 0,
-    /// No new traffic; what is in flight finishes.
+    /// No new clients; clients that persistence pins to it keep coming (HAProxy's drain,
+    /// KEMP's disable with persistence).
     Drain = 1,
-    /// Maintenance: no new traffic.
+    /// Maintenance: nothing new at all.
     Maint = 2,
+}
+
+impl AdminState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<AdminState> {
+        match name {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
+    pub(super) fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
 }
 
 /// Agent-reported properties of a backend; defaults change nothing.
@@ -32,7 +61,7 @@ impl Default for AgentState {
         AgentState {
             weight_percent: AtomicU32::new(100),
             maxconn: AtomicU32::new(0),
-            admin: AtomicU8::new(AgentAdmin::Ready as u8),
+            admin: AtomicU8::new(AdminState::Ready as u8),
             up: AtomicBool::new(true),
         }
     }
@@ -45,7 +74,7 @@ pub enum AgentUpdate {
     WeightPercent(u32),
     /// Connection limit; 0 removes it.
     MaxConn(u32),
-    Admin(AgentAdmin),
+    Admin(AdminState),
     /// The agent's own verdict (HAProxy `up`/`down`, KEMP `101`).
     Up(bool),
 }
@@ -54,12 +83,20 @@ pub enum AgentUpdate {
 pub const MAX_WEIGHT_PERCENT: u32 = 25_600;
 
 impl AgentState {
+    /// The agent lets new clients in.
     #[inline]
     pub(super) fn admits(&self, active: u32) -> bool {
-        let maxconn = self.maxconn.load(Relaxed);
-        self.admin.load(Relaxed) == AgentAdmin::Ready as u8
-            && self.up.load(Relaxed)
+        self.admin.load(Relaxed) == AdminState::Ready as u8
             && self.weight_percent.load(Relaxed) > 0
+            && self.admits_pinned(active)
+    }
+
+    /// The agent lets clients pinned to the backend in (drain and weight 0 do not stop them).
+    #[inline]
+    pub(super) fn admits_pinned(&self, active: u32) -> bool {
+        let maxconn = self.maxconn.load(Relaxed);
+        self.admin.load(Relaxed) != AdminState::Maint as u8
+            && self.up.load(Relaxed)
             && (maxconn == 0 || active < maxconn)
     }
 
@@ -69,12 +106,8 @@ impl AgentState {
     pub fn maxconn(&self) -> u32 {
         self.maxconn.load(Relaxed)
     }
-    pub fn admin(&self) -> AgentAdmin {
-        match self.admin.load(Relaxed) {
-            1 => AgentAdmin::Drain,
-            2 => AgentAdmin::Maint,
-            _ => AgentAdmin::Ready,
-        }
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Relaxed))
     }
     pub fn up(&self) -> bool {
         self.up.load(Relaxed)

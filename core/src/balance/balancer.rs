@@ -176,6 +176,14 @@ impl Balancer {
         self.agent_feed.as_ref()
     }
 
+    /// How many persistence entries point at each backend.
+    pub fn pins_per_backend(&self) -> std::collections::HashMap<super::identity::BackendId, u64> {
+        self.persistence
+            .as_ref()
+            .map(|p| p.table.pins_per_backend())
+            .unwrap_or_default()
+    }
+
     /// True when the persistence hook reads the client's first bytes (tcp mode).
     pub fn wants_payload(&self) -> bool {
         self.persistence
@@ -191,9 +199,11 @@ impl Balancer {
         }
     }
 
+    /// Backend `i` may take this client, which persistence (a pin, a cookie, a routing
+    /// token) sends to it: a draining backend still takes it.
     #[inline]
-    fn usable(&self, i: usize, avoid: &[usize]) -> bool {
-        i < self.pool.len() && self.pool.get(i).available() && !avoid.contains(&i)
+    fn usable_pinned(&self, i: usize, avoid: &[usize]) -> bool {
+        i < self.pool.len() && self.pool.get(i).available_pinned() && !avoid.contains(&i)
     }
 
     /// The select-server hook, then the fallback scheduler when the hook has no opinion.
@@ -208,8 +218,8 @@ impl Balancer {
         }
     }
 
-    /// Picks the backend: the one the request names, else the one its key is pinned to,
-    /// else the scheduler's choice (which is then pinned). `None`: no backend available, or
+    /// Picks the backend: the one the request names, else the one its key is pinned to
+    /// (even while it drains), else the scheduler's choice (which is then pinned). `None`: no backend available, or
     /// a plugin failed under the `reject` policy.
     pub fn choose(
         &self,
@@ -219,10 +229,10 @@ impl Balancer {
     ) -> Option<usize> {
         let chosen = match (outcome, &self.persistence) {
             (KeyOutcome::Reject, _) => None,
-            (KeyOutcome::Backend(i), _) if self.usable(*i, avoid) => Some(*i),
+            (KeyOutcome::Backend(i), _) if self.usable_pinned(*i, avoid) => Some(*i),
             (KeyOutcome::Key(k), Some(p)) => {
                 match p.table.lookup(k).and_then(|id| self.pool.index_of(id)) {
-                    Some(i) if self.usable(i, avoid) => Some(i),
+                    Some(i) if self.usable_pinned(i, avoid) => Some(i),
                     _ => {
                         let req = Request {
                             key: Some(k),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Re
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use super::agent::{AgentAdmin, AgentState, AgentUpdate};
+pub use super::agent::{AdminState, AgentState, AgentUpdate};
 use super::identity::{BackendId, CookieKey, COOKIE_ID_LEN};
 use crate::config::BackendConfig;
 
@@ -31,9 +31,10 @@ pub struct Backend {
     /// The value a cookie naming this backend carries.
     pub cookie_id: [u8; COOKIE_ID_LEN],
     pub address: SocketAddr,
-    /// Configured weight.
-    pub weight: u32,
-    enabled: AtomicBool,
+    /// Weight: configured, or set at run time (admin API).
+    weight: AtomicU32,
+    /// Operator's state ([`AdminState`]); the config's `enabled = false` starts it in `maint`.
+    admin: AtomicU8,
     healthy: AtomicBool,
     /// Requests (http) or connections (tcp) in flight, across all worker threads.
     active: AtomicU32,
@@ -61,8 +62,12 @@ impl Backend {
             id: BackendId::new(service, &c.name),
             cookie_id: key.cookie_id(service, &c.name),
             address: c.address,
-            weight: c.weight,
-            enabled: AtomicBool::new(c.enabled),
+            weight: AtomicU32::new(c.weight),
+            admin: AtomicU8::new(if c.enabled {
+                AdminState::Ready
+            } else {
+                AdminState::Maint
+            } as u8),
             healthy: AtomicBool::new(true),
             active: AtomicU32::new(0),
             effective_weight: AtomicU32::new(c.weight * WEIGHT_SCALE),
@@ -75,18 +80,46 @@ impl Backend {
         }
     }
 
+    /// Not in maintenance (by the operator).
     pub fn enabled(&self) -> bool {
-        self.enabled.load(Relaxed)
+        self.admin() != AdminState::Maint
+    }
+
+    /// The operator's state.
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Relaxed))
+    }
+
+    /// The state that applies: the stricter of the operator's and the agent's.
+    pub fn state(&self) -> AdminState {
+        self.admin().max(self.agent.admin())
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Relaxed)
     }
 
     pub fn healthy(&self) -> bool {
         self.healthy.load(Relaxed)
     }
 
-    /// Can take new traffic: enabled, healthy and with a non-zero weight.
+    /// Can take new clients: ready (operator and agent), healthy, a non-zero weight, and
+    /// under the agent's connection limit.
     #[inline]
     pub fn available(&self) -> bool {
-        self.enabled() && self.healthy() && self.weight > 0 && self.agent.admits(self.active())
+        self.admin.load(Relaxed) == AdminState::Ready as u8
+            && self.healthy()
+            && self.weight() > 0
+            && self.agent.admits(self.active())
+    }
+
+    /// Can take a client that persistence pins to it: as [`Backend::available`], except
+    /// that draining (by the operator or the agent) and a zero weight do not refuse it.
+    #[inline]
+    pub fn available_pinned(&self) -> bool {
+        self.admin.load(Relaxed) != AdminState::Maint as u8
+            && self.healthy()
+            && self.agent.admits_pinned(self.active())
     }
 
     /// What the backend's agent last reported.
@@ -160,6 +193,7 @@ pub struct Pool {
     epoch: Instant,
     /// Bumped whenever availability or an effective weight changes.
     generation: AtomicU64,
+    weights_version: AtomicU64,
 }
 
 static POOL_UIDS: AtomicU64 = AtomicU64::new(1);
@@ -188,6 +222,7 @@ impl Pool {
             slow_start,
             epoch: Instant::now(),
             generation: AtomicU64::new(0),
+            weights_version: AtomicU64::new(0),
         }
     }
 
@@ -250,13 +285,47 @@ impl Pool {
         }
     }
 
-    pub fn set_enabled(&self, i: usize, enabled: bool) {
-        if self.backends[i].enabled.swap(enabled, Relaxed) != enabled {
-            if enabled {
+    /// Sets the operator's state of backend `i`.
+    pub fn set_admin(&self, i: usize, state: AdminState) {
+        let before = AdminState::from_u8(self.backends[i].admin.swap(state as u8, Relaxed));
+        if before != state {
+            if state == AdminState::Ready {
                 self.catch_up(i);
             }
             self.bump();
         }
+    }
+
+    /// `set_admin` to ready or maint.
+    pub fn set_enabled(&self, i: usize, enabled: bool) {
+        self.set_admin(
+            i,
+            if enabled {
+                AdminState::Ready
+            } else {
+                AdminState::Maint
+            },
+        );
+    }
+
+    /// Sets backend `i`'s weight at run time (a slow-start ramp in progress continues
+    /// towards the new weight).
+    pub fn set_weight(&self, i: usize, weight: u32) {
+        let b = &self.backends[i];
+        if b.weight.swap(weight, Relaxed) == weight {
+            return;
+        }
+        if b.up_since_ms.load(Relaxed) == u64::MAX {
+            b.effective_weight.store(weight * WEIGHT_SCALE, Relaxed);
+        }
+        self.weights_version.fetch_add(1, Relaxed);
+        self.bump();
+    }
+
+    /// Moves whenever a backend's weight is set: schedulers whose structure follows the
+    /// weights themselves (the consistent-hash ring) rebuild then, and only then.
+    pub fn weights_version(&self) -> u64 {
+        self.weights_version.load(Relaxed)
     }
 
     /// Brings a returning backend's pick count level with the others (per unit of weight),
@@ -268,7 +337,7 @@ impl Pool {
             .iter()
             .enumerate()
             .filter(|(j, b)| *j != i && b.available())
-            .map(|(_, b)| b.picks() * me.weight as u64 / b.weight.max(1) as u64)
+            .map(|(_, b)| b.picks() * me.weight() as u64 / b.weight().max(1) as u64)
             .max()
             .unwrap_or(0);
         me.picks.store(level, Relaxed);
@@ -314,7 +383,7 @@ impl Pool {
             let fails = b.fails.fetch_add(1, Relaxed).saturating_add(1);
             if b.healthy() && fails >= fall && b.healthy.swap(false, Relaxed) {
                 b.up_since_ms.store(u64::MAX, Relaxed);
-                b.effective_weight.store(b.weight * WEIGHT_SCALE, Relaxed);
+                b.effective_weight.store(b.weight() * WEIGHT_SCALE, Relaxed);
                 self.bump();
                 return Transition::WentDown;
             }
@@ -327,7 +396,7 @@ impl Pool {
     }
 
     fn ramp_weight(&self, b: &Backend, elapsed: Duration) -> u32 {
-        let full = (b.weight * WEIGHT_SCALE) as u64;
+        let full = (b.weight() * WEIGHT_SCALE) as u64;
         let Some(window) = self.slow_start else {
             return full as u32;
         };
@@ -351,7 +420,7 @@ impl Pool {
                 continue;
             }
             let w = self.ramp_weight(b, Duration::from_millis(now.saturating_sub(since)));
-            if w >= b.weight * WEIGHT_SCALE {
+            if w >= b.weight() * WEIGHT_SCALE {
                 b.up_since_ms.store(u64::MAX, Relaxed);
             } else {
                 ramping = true;
@@ -423,6 +492,38 @@ mod tests {
     }
 
     #[test]
+    fn drain_refuses_new_clients_but_not_pinned_ones_and_maint_refuses_both() {
+        let p = pool(None);
+        let b = p.get(0);
+        assert!(b.available() && b.available_pinned());
+        let g = p.generation();
+        p.set_admin(0, AdminState::Drain);
+        assert!(p.generation() > g, "schedulers see the change");
+        assert!(!b.available() && b.available_pinned());
+        assert_eq!(b.state(), AdminState::Drain);
+        p.set_admin(0, AdminState::Maint);
+        assert!(!b.available() && !b.available_pinned());
+        p.set_admin(0, AdminState::Ready);
+        // The agent's drain counts the same way; the stricter state applies.
+        assert!(p.set_agent(0, AgentUpdate::Admin(AdminState::Drain)));
+        assert!(!b.available() && b.available_pinned());
+        assert_eq!(b.state(), AdminState::Drain);
+        assert_eq!(b.admin(), AdminState::Ready);
+    }
+
+    #[test]
+    fn weight_set_at_run_time() {
+        let p = pool(None);
+        let v = p.weights_version();
+        p.set_weight(1, 5);
+        assert_eq!(p.get(1).weight(), 5);
+        assert_eq!(p.get(1).effective_weight(), 5 * WEIGHT_SCALE);
+        assert!(p.weights_version() > v);
+        p.set_weight(1, 0);
+        assert!(!p.get(1).available() && p.get(1).available_pinned());
+    }
+
+    #[test]
     fn rise_and_fall_counts() {
         let p = pool(None);
         assert_eq!(p.observe(0, false, 2, 3), Transition::None);
@@ -454,9 +555,9 @@ mod tests {
         let p = pool(None);
         assert!(p.set_agent(1, AgentUpdate::WeightPercent(50)));
         assert_eq!(p.get(1).effective_weight(), WEIGHT_SCALE);
-        assert!(p.set_agent(1, AgentUpdate::Admin(AgentAdmin::Drain)));
+        assert!(p.set_agent(1, AgentUpdate::Admin(AdminState::Drain)));
         assert!(!p.get(1).available());
-        p.set_agent(1, AgentUpdate::Admin(AgentAdmin::Ready));
+        p.set_agent(1, AgentUpdate::Admin(AdminState::Ready));
         p.set_agent(1, AgentUpdate::Up(false));
         assert!(!p.get(1).available());
         p.set_agent(1, AgentUpdate::Up(true));

@@ -1,6 +1,7 @@
-//! The `plugboard` command: `run`, `check`, `plugin check`.
+//! The `plugboard` command: `run`, `check`, `ctl`, `plugin check`.
 
 mod check;
+mod ctl;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Talk to a running proxy's admin API: status, drain, maint, ready, weight.
+    Ctl(ctl::CtlArgs),
     /// Plugin tools.
     Plugin {
         #[command(subcommand)]
@@ -106,6 +109,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ctl(args) => ctl::run(args),
         Command::Run { config, log_format } => {
             let format = log_format.map(|f| match f {
                 Format::Json => crate::config::LogFormat::Json,

@@ -7,6 +7,7 @@
 //! (with [`balance`], [`health`] and [`backend`] for its sub-tables). [`units`] bounds every
 //! duration, size and number so that nothing downstream can overflow.
 
+mod admin;
 mod backend;
 mod balance;
 mod health;
@@ -55,6 +56,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let raw_proxy = file.proxy.as_ref().map(|p| p.get_ref());
         let proxy = proxy::validate(&mut r, raw_proxy, base);
+        let admin = admin::validate(&mut r, file.admin.as_ref(), base);
         let ctx = service::Context {
             has_secret: raw_proxy.is_some_and(|p| p.secret_file.is_some()),
             base,
@@ -125,12 +127,33 @@ impl Config {
                 );
             }
         }
+        if let (Some(a), Some(listen)) = (
+            &admin,
+            file.admin
+                .as_ref()
+                .and_then(|a| a.get_ref().listen.as_ref()),
+        ) {
+            let taken = seen
+                .iter()
+                .find(|s| s.addrs.contains(&a.listen))
+                .map(|s| format!("the listen address of service {:?}", s.name))
+                .or_else(|| {
+                    (proxy.metrics == Some(a.listen)).then(|| "the metrics address".into())
+                });
+            if let Some(what) = taken {
+                r.err(
+                    listen.span(),
+                    format!("admin.listen: {} is also {what}", a.listen),
+                );
+            }
+        }
         // In file order, whichever table found them.
         r.errors.sort_by_key(|e| (e.line, e.col));
         if r.errors.is_empty() {
             Ok(Config {
                 path: path.to_path_buf(),
                 proxy,
+                admin,
                 services,
                 plugin_refs,
                 warnings: r.warnings,

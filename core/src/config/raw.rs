@@ -10,6 +10,16 @@ pub struct File {
     pub proxy: Option<Spanned<Proxy>>,
     #[serde(default)]
     pub service: Vec<Spanned<Service>>,
+    #[serde(default)]
+    pub admin: Option<Spanned<Admin>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
+    pub state_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -322,8 +322,20 @@ pub struct ProxyConfig {
 pub struct Config {
     pub path: PathBuf,
     pub proxy: ProxyConfig,
+    pub admin: Option<AdminConfig>,
     pub services: Vec<ServiceConfig>,
     pub plugin_refs: Vec<PluginRef>,
     /// Things that work but are probably not what the administrator wants.
     pub warnings: Vec<ConfigError>,
+}
+
+/// The `[admin]` table: the admin API's listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token every `/api/` request must carry (`None`: none needed; only allowed on a
+    /// loopback address).
+    pub token: Option<Arc<str>>,
+    /// Where runtime changes are saved, to be applied again at start.
+    pub state_file: Option<PathBuf>,
 }

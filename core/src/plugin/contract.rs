@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::balance::hooks::{Key, Request};
-use crate::balance::pool::{AgentAdmin, AgentUpdate, Pool};
+use crate::balance::pool::{AdminState, AgentUpdate, Pool};
 
 /// Request fields, by ABI number and Lua name.
 pub mod field {
@@ -96,9 +96,9 @@ pub fn agent_update(prop: i32, value: i64) -> Option<AgentUpdate> {
         agent_prop::WEIGHT_PERCENT => AgentUpdate::WeightPercent(small(value)?),
         agent_prop::MAXCONN => AgentUpdate::MaxConn(small(value)?),
         agent_prop::ADMIN => AgentUpdate::Admin(match value {
-            0 => AgentAdmin::Ready,
-            1 => AgentAdmin::Drain,
-            2 => AgentAdmin::Maint,
+            0 => AdminState::Ready,
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
             _ => return None,
         }),
         agent_prop::UP => AgentUpdate::Up(match value {
@@ -174,7 +174,7 @@ pub fn backend_prop(pool: &Pool, avoid: &[usize], i: i64, prop: i32) -> i64 {
     };
     let i = i as usize;
     match prop {
-        prop::WEIGHT => b.weight as i64,
+        prop::WEIGHT => b.weight() as i64,
         prop::ACTIVE => b.active() as i64,
         prop::LOAD => b.load().map_or(-1, |l| l as i64),
         prop::AVAILABLE => (b.available() && !avoid.contains(&i)) as i64,
@@ -186,24 +186,6 @@ pub fn backend_prop(pool: &Pool, avoid: &[usize], i: i64, prop: i32) -> i64 {
         prop::AGENT_UP => b.agent().up() as i64,
         prop::UP => b.healthy() as i64,
         _ => -1,
-    }
-}
-
-/// The agent admin state by Lua name.
-pub fn admin_by_name(name: &str) -> Option<AgentAdmin> {
-    Some(match name {
-        "ready" => AgentAdmin::Ready,
-        "drain" => AgentAdmin::Drain,
-        "maint" => AgentAdmin::Maint,
-        _ => return None,
-    })
-}
-
-pub fn admin_name(a: AgentAdmin) -> &'static str {
-    match a {
-        AgentAdmin::Ready => "ready",
-        AgentAdmin::Drain => "drain",
-        AgentAdmin::Maint => "maint",
     }
 }
 
@@ -270,7 +252,7 @@ mod tests {
         );
         assert_eq!(
             agent_update(agent_prop::ADMIN, 2),
-            Some(AgentUpdate::Admin(AgentAdmin::Maint))
+            Some(AgentUpdate::Admin(AdminState::Maint))
         );
         assert_eq!(agent_update(agent_prop::ADMIN, 3), None);
         assert_eq!(agent_update(agent_prop::MAXCONN, -1), None);

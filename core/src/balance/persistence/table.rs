@@ -17,6 +17,9 @@ pub trait PersistenceTable: Send + Sync {
     fn pin(&self, key: &Key<'_>, backend: BackendId);
     /// Entries currently held (approximate: expiries and evictions apply lazily).
     fn len(&self) -> u64;
+    /// How many entries point at each backend (walks the table: for the admin API, not the
+    /// request path).
+    fn pins_per_backend(&self) -> std::collections::HashMap<BackendId, u64>;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -63,6 +66,14 @@ impl PersistenceTable for MemoryTable {
 
     fn len(&self) -> u64 {
         self.entries.entry_count()
+    }
+
+    fn pins_per_backend(&self) -> std::collections::HashMap<BackendId, u64> {
+        let mut out = std::collections::HashMap::new();
+        for (_, id) in self.entries.iter() {
+            *out.entry(BackendId(id)).or_insert(0) += 1;
+        }
+        out
     }
 }
 

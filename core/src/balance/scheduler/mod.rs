@@ -155,6 +155,24 @@ mod tests {
     }
 
     #[test]
+    fn source_hash_follows_a_weight_set_at_run_time() {
+        let p = pool(&[1, 1]);
+        let sh = SourceHash::new(&p);
+        let share = |p: &Pool| {
+            (1..=200u8)
+                .filter(|&i| {
+                    let c = req(Some(SocketAddr::from(([10, 0, 1, i], 1))));
+                    sh.select(&c, p, &[]).backend() == 0
+                })
+                .count()
+        };
+        let even = share(&p);
+        assert!((60..=140).contains(&even), "{even}");
+        p.set_weight(0, 9);
+        assert!(share(&p) >= 160, "the ring follows the new weight");
+    }
+
+    #[test]
     fn source_hash_agrees_across_ports_of_the_same_hosts() {
         let hosts = |port: u16| {
             let cfg: Vec<_> = (1..=4u8)

@@ -2,6 +2,9 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use super::eligible;
 use crate::balance::hooks::{Pick, Request, SelectServer};
@@ -9,9 +12,16 @@ use crate::balance::pool::Pool;
 
 /// Consistent hash of the client IP over a ring of virtual nodes (as HAProxy's
 /// `balance source` with `hash-type consistent`): when a backend goes down only its own
-/// clients move, and they move back when it returns.
+/// clients move, and they move back when it returns. The ring follows the weights (rebuilt
+/// when one is set at run time), never availability.
 pub struct SourceHash {
-    ring: Vec<(u64, u32)>,
+    ring: ArcSwap<Ring>,
+}
+
+struct Ring {
+    /// The pool's weights version it was built for.
+    version: u64,
+    points: Vec<(u64, u32)>,
 }
 
 /// Virtual nodes per unit of weight.
@@ -22,13 +32,20 @@ impl SourceHash {
     /// are the same hosts on different ports (Exchange: 443, 135, RPC ports) send a client to
     /// the same host. Two backends on one IP are told apart by their order.
     pub fn new(pool: &Pool) -> Self {
+        SourceHash {
+            ring: ArcSwap::from_pointee(Self::build(pool)),
+        }
+    }
+
+    fn build(pool: &Pool) -> Ring {
+        let version = pool.weights_version();
         let mut ring = Vec::new();
         for (i, b) in pool.backends().iter().enumerate() {
             let same_ip = pool.backends()[..i]
                 .iter()
                 .filter(|o| o.address.ip() == b.address.ip())
                 .count();
-            for p in 0..b.weight * POINTS_PER_WEIGHT {
+            for p in 0..b.weight() * POINTS_PER_WEIGHT {
                 let mut h = Fnv::default();
                 b.address.ip().hash(&mut h);
                 same_ip.hash(&mut h);
@@ -37,13 +54,22 @@ impl SourceHash {
             }
         }
         ring.sort_unstable();
-        SourceHash { ring }
+        Ring {
+            version,
+            points: ring,
+        }
     }
 }
 
 impl SelectServer for SourceHash {
     fn select(&self, req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Pick {
-        if self.ring.is_empty() {
+        let mut ring = self.ring.load();
+        if ring.version != pool.weights_version() {
+            self.ring.store(Arc::new(Self::build(pool)));
+            ring = self.ring.load();
+        }
+        let ring = &ring.points;
+        if ring.is_empty() {
             return Pick::NoOpinion;
         }
         let ip = req
@@ -53,10 +79,10 @@ impl SelectServer for SourceHash {
         let mut h = Fnv::default();
         ip.hash(&mut h);
         let h = mix(h.finish());
-        let start = self.ring.partition_point(|&(p, _)| p < h);
-        let n = self.ring.len();
+        let start = ring.partition_point(|&(p, _)| p < h);
+        let n = ring.len();
         (0..n)
-            .map(|k| self.ring[(start + k) % n].1 as usize)
+            .map(|k| ring[(start + k) % n].1 as usize)
             .find(|&i| eligible(pool.get(i), i, avoid))
             .map_or(Pick::NoOpinion, Pick::Backend)
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use mlua::{Lua, Table, Value, Variadic};
 
 use crate::balance::hooks::Request;
-use crate::balance::pool::Pool;
+use crate::balance::pool::{AdminState, Pool};
 use crate::plugin::contract::{self, agent_prop, field, prop, NetScope};
 use crate::plugin::log::PluginLog;
 
@@ -138,9 +138,7 @@ pub fn backend_meta(lua: &Lua, ctx: &Rc<Ctx>) -> mlua::Result<Table> {
             }
             b"agent_admin" => {
                 return Ok(match pool.backends().get(i) {
-                    Some(b) => {
-                        Value::String(lua.create_string(contract::admin_name(b.agent().admin()))?)
-                    }
+                    Some(b) => Value::String(lua.create_string(b.agent().admin().name())?),
                     None => Value::Nil,
                 })
             }
@@ -306,7 +304,7 @@ fn agent_table(lua: &Lua, ctx: &Rc<Ctx>) -> mlua::Result<Table> {
             let (i, _) = scope(&c, name)?;
             let value = match (prop, &v) {
                 (agent_prop::ADMIN, Value::String(s)) => {
-                    match contract::admin_by_name(&s.to_string_lossy()) {
+                    match AdminState::from_name(&s.to_string_lossy()) {
                         Some(a) => a as i64,
                         None => {
                             return Err(err(format!(

@@ -1,0 +1,218 @@
+//! The admin API over HTTP: JSON under `/api/v1`, a bearer token, `/healthz` without one.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `ok` while the proxy serves (no token) |
+//! | `GET /api/v1/services` | every service with its backends |
+//! | `GET /api/v1/services/{service}` | one service |
+//! | `PUT /api/v1/services/{service}/backends/{backend}` `{"state": "drain", "weight": 5}` | the service after the change |
+//!
+//! Errors are `{"error": "..."}` with 400, 401, 404, 405 or 413. Every request that changes
+//! something, or is refused for its token, is logged with the client's address.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Serialize;
+
+use super::control::{BackendChange, Control, Refused};
+
+/// Largest request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+pub struct AdminApp {
+    pub control: Arc<Control>,
+    pub token: Option<Arc<str>>,
+}
+
+fn json(status: u16, body: &impl Serialize) -> Response<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
+    bytes.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", bytes.len())
+        .body(bytes)
+        .expect("static response")
+}
+
+fn error(status: u16, message: impl Into<String>) -> Response<Vec<u8>> {
+    #[derive(Serialize)]
+    struct E {
+        error: String,
+    }
+    json(
+        status,
+        &E {
+            error: message.into(),
+        },
+    )
+}
+
+impl From<Refused> for Response<Vec<u8>> {
+    fn from(r: Refused) -> Self {
+        error(r.status, r.message)
+    }
+}
+
+/// Compares without stopping at the first difference, so that timing does not reveal how
+/// much of a guessed token is right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl AdminApp {
+    fn authorised(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(|t| same(t.trim_ascii(), token.as_bytes()))
+    }
+
+    async fn body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY {
+                        session.set_keepalive(None);
+                        return Err(error(413, "request body over 64 KiB"));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => {
+                    session.set_keepalive(None);
+                    return Err(error(400, format!("request body: {e}")));
+                }
+            }
+        }
+    }
+
+    async fn route(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if path == "/healthz" {
+            return match method {
+                Method::GET | Method::HEAD => Response::builder()
+                    .status(200)
+                    .header("content-length", 3)
+                    .body(b"ok\n".to_vec())
+                    .expect("static response"),
+                _ => error(405, "GET /healthz"),
+            };
+        }
+        if parts.first() != Some(&"api") {
+            return error(404, format!("no such path: {path}"));
+        }
+        if !self.authorised(session) {
+            tracing::warn!(client = %peer(session), %method, %path, "admin API: refused, bad or missing token");
+            session.set_keepalive(None);
+            return error(401, "a valid `Authorization: Bearer <token>` is required");
+        }
+        match (&method, &parts[1..]) {
+            (&Method::GET, ["v1", "services"]) => json(
+                200,
+                &Services {
+                    services: self.control.services(),
+                },
+            ),
+            (&Method::GET, ["v1", "services", s]) => match self.control.service(&decode(s)) {
+                Ok(v) => json(200, &v),
+                Err(e) => e.into(),
+            },
+            (&Method::PUT, ["v1", "services", s, "backends", b]) => {
+                let body = match Self::body(session).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let change: BackendChange = match serde_json::from_slice(&body) {
+                    Ok(c) => c,
+                    Err(e) => return error(400, format!("body: {e}")),
+                };
+                let (s, b) = (decode(s), decode(b));
+                let r = self.control.change_backend(&s, &b, &change);
+                tracing::info!(client = %peer(session), service = %s, backend = %b, state = ?change.state, weight = ?change.weight, ok = r.is_ok(), "admin API: backend change");
+                match r {
+                    Ok(v) => json(200, &v),
+                    Err(e) => e.into(),
+                }
+            }
+            (_, ["v1", "services", ..]) => error(405, format!("{method} is not allowed on {path}")),
+            _ => error(404, format!("no such path: {path}")),
+        }
+    }
+}
+
+/// The client's address, for the log.
+fn peer(session: &ServerSession) -> String {
+    session
+        .client_addr()
+        .map_or_else(|| "?".to_string(), |a| a.to_string())
+}
+
+#[derive(Serialize)]
+struct Services {
+    services: Vec<super::view::ServiceView>,
+}
+
+/// A path segment with its %XX escapes decoded (names may hold `:` and `[ ]`).
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        self.route(session).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same(b"abcdef", b"abcdef"));
+        assert!(!same(b"abcdef", b"abcdeg"));
+        assert!(!same(b"abc", b"abcdef"));
+    }
+
+    #[test]
+    fn path_segments_are_decoded() {
+        assert_eq!(decode("127.0.0.1%3A9001"), "127.0.0.1:9001");
+        assert_eq!(decode("%5B%3A%3A1%5D%3A80"), "[::1]:80");
+        assert_eq!(decode("plain"), "plain");
+        assert_eq!(decode("bad%zz%4"), "bad%zz%4");
+    }
+}

@@ -1,0 +1,340 @@
+//! The admin API and `plugboard ctl` through the real binary: drain (persistence honoured),
+//! maint, ready and weight take effect on the next request or connection; a bad token changes
+//! nothing; the state file carries changes across a restart unless the configuration changed
+//! the backend; `check` refuses unsafe admin settings.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs `plugboard ctl --admin http://ADMIN [--token-file F] ARGS`: exit code, stdout, stderr.
+fn ctl(admin: SocketAddr, token_file: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["ctl", "--admin", &format!("http://{admin}")]);
+    if let Some(t) = token_file {
+        cmd.arg("--token-file").arg(t);
+    }
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The status table's row of `backend`, split into columns.
+fn row(table: &str, backend: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .find(|c| c.get(1).map(String::as_str) == Some(backend))
+        .unwrap_or_else(|| panic!("no row for {backend}:\n{table}"))
+}
+
+/// A raw API call with curl: (status, body).
+fn api(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data", b]);
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// One request per user (header `X-User`); the backend that answered each.
+async fn by_user(listen: SocketAddr, users: &[String]) -> HashMap<String, String> {
+    let mut c = Client::connect(listen).await.unwrap();
+    let mut out = HashMap::new();
+    for u in users {
+        let r = c.get("/", &[("X-User", u)]).await.unwrap();
+        assert_eq!(r.status, 200, "{u}: {r:?}");
+        out.insert(u.clone(), r.body);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_keeps_pinned_clients_maint_moves_them_ready_and_weight_apply_at_once() {
+    let (a, b, list) = two().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\n\n{}",
+        service_toml(
+            "http",
+            listen,
+            "persistence = { key = \"header:X-User\" }",
+            &list
+        )
+    );
+    let p = Proxy::start(&cfg, listen).await;
+    let (a, b) = (a.addr.to_string(), b.addr.to_string());
+    let users: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    let home = by_user(listen, &users).await;
+    let on_a: Vec<String> = users.iter().filter(|u| home[*u] == a).cloned().collect();
+    assert!(!on_a.is_empty() && on_a.len() < users.len(), "{home:?}");
+
+    // Drain a: its pinned users stay, every new user goes to b.
+    let (code, out, err) = ctl(admin, None, &["drain", "http-svc", &a]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(row(&out, &a)[3], "drain", "{out}");
+    assert_eq!(
+        by_user(listen, &users).await,
+        home,
+        "pinned users stay while draining"
+    );
+    let new: Vec<String> = (0..10).map(|i| format!("new{i}")).collect();
+    assert!(by_user(listen, &new).await.values().all(|v| *v == b));
+    let (_, status, _) = ctl(admin, None, &["status"]);
+    assert!(
+        row(&status, &a)[9].parse::<u32>().unwrap() >= on_a.len() as u32,
+        "pinned count shown: {status}"
+    );
+
+    // Maint: nothing new at all, its users move to b (and are pinned there).
+    assert_eq!(ctl(admin, None, &["maint", "http-svc", &a]).0, 0);
+    assert!(by_user(listen, &on_a).await.values().all(|v| *v == b));
+
+    // Ready again with weight 3: new users split 3:1 in round-robin order.
+    assert_eq!(ctl(admin, None, &["ready", "http-svc", &a]).0, 0);
+    let (code, out, _) = ctl(admin, None, &["weight", "http-svc", &a, "3"]);
+    assert_eq!(code, 0);
+    assert_eq!(row(&out, &a)[5], "3", "{out}");
+    let fresh: Vec<String> = (0..40).map(|i| format!("fresh{i}")).collect();
+    let got = by_user(listen, &fresh).await;
+    let to_a = got.values().filter(|v| **v == a).count();
+    assert_eq!(to_a, 30, "weight 3 against 1");
+
+    // Refusals: unknown backend and bad values exit 1 with the API's message, and change
+    // nothing; an unreachable API exits 2.
+    let (code, _, err) = ctl(admin, None, &["drain", "http-svc", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("404") && err.contains("no backend \"nope\""),
+        "{err}"
+    );
+    let (code, _, err) = ctl(admin, None, &["weight", "http-svc", &a, "999"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("at most 256"), "{err}");
+    let (code, _, _) = ctl(free_addr(), None, &["status"]);
+    assert_eq!(code, 2);
+    let (status, body) = api(
+        "PUT",
+        &format!("http://{admin}/api/v1/services/http-svc/backends/{a}"),
+        None,
+        Some("{\"state\": \"sleepy\"}"),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (_, table, _) = ctl(admin, None, &["status"]);
+    assert_eq!(row(&table, &a)[3], "ready");
+    assert_eq!(row(&table, &a)[5], "3");
+    // Changes are logged with who made them.
+    p.wait_log(
+        &["admin API: backend change", "client=127.0.0.1:"],
+        4,
+        Duration::from_secs(2),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_maint_stops_new_connections_and_keeps_open_ones() {
+    let (a, b) = (TcpBackend::start().await, TcpBackend::start().await);
+    let (listen, admin) = (free_addr(), free_addr());
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\n\n{}",
+        service_toml("tcp", listen, "", &[(a.addr, 1), (b.addr, 1)])
+    );
+    let _p = Proxy::start(&cfg, listen).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(tcp_banner(listen, None).await.unwrap());
+    }
+    assert_eq!(a.open() + b.open(), 4);
+    assert_eq!(
+        ctl(admin, None, &["maint", "tcp-svc", &a.addr.to_string()]).0,
+        0
+    );
+    for _ in 0..6 {
+        let (banner, _) = tcp_banner(listen, None).await.unwrap();
+        assert_eq!(banner, b.addr.to_string());
+    }
+    // The connections a already had still carry bytes.
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    for (banner, r) in &mut open {
+        r.get_mut().write_all(b"ping\n").await.unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "ping\n", "{banner} still open");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_changes_nothing() {
+    let (a, _b, list) = two().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cr3t-t0ken-0123456789";
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let wrong_file = dir.path().join("wrong.token");
+    std::fs::write(&wrong_file, "s3cr3t-t0ken-0123456780").unwrap();
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\n{}",
+        token_file.display(),
+        service_toml("http", listen, "", &list)
+    );
+    let p = Proxy::start(&cfg, listen).await;
+    let url = format!(
+        "http://{admin}/api/v1/services/http-svc/backends/{}",
+        a.addr
+    );
+    let drain = Some("{\"state\": \"maint\"}");
+    assert_eq!(api("PUT", &url, None, drain).0, 401);
+    assert_eq!(
+        api("PUT", &url, Some("s3cr3t-t0ken-0123456780"), drain).0,
+        401
+    );
+    assert_eq!(
+        api(
+            "GET",
+            &format!("http://{admin}/api/v1/services"),
+            None,
+            None
+        )
+        .0,
+        401
+    );
+    let (code, _, err) = ctl(
+        admin,
+        Some(&wrong_file),
+        &["maint", "http-svc", &a.addr.to_string()],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    // Nothing changed: a still answers.
+    let mut c = Client::connect(listen).await.unwrap();
+    let mut seen_a = false;
+    for _ in 0..4 {
+        seen_a |= c.get("/", &[]).await.unwrap().body == a.addr.to_string();
+    }
+    assert!(seen_a, "a was not put in maintenance");
+    // /healthz needs no token; the right token works.
+    assert_eq!(
+        api("GET", &format!("http://{admin}/healthz"), None, None).0,
+        200
+    );
+    let (code, out, err) = ctl(admin, Some(&token_file), &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(row(&out, &a.addr.to_string())[3], "ready");
+    p.wait_log(
+        &["admin API: refused, bad or missing token"],
+        3,
+        Duration::from_secs(2),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_carries_changes_across_a_restart_unless_the_file_changed_them() {
+    let (a, b, list) = two().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("plugboard.state");
+    let cfg = |extra_weight: Option<u32>| {
+        let mut s = format!(
+            "[admin]\nlisten = \"{admin}\"\nstate_file = \"{}\"\n\n{}",
+            state.display(),
+            service_toml("http", listen, "", &list)
+        );
+        if let Some(w) = extra_weight {
+            s = s.replacen("weight = 1", &format!("weight = {w}"), 1);
+        }
+        s
+    };
+    let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
+    {
+        let _p = Proxy::start(&cfg(None), listen).await;
+        assert_eq!(ctl(admin, None, &["maint", "http-svc", &sa]).0, 0);
+        assert_eq!(ctl(admin, None, &["weight", "http-svc", &sb, "4"]).0, 0);
+    }
+    {
+        let p = Proxy::start(&cfg(None), listen).await;
+        let (_, out, _) = ctl(admin, None, &["status"]);
+        assert_eq!(row(&out, &sa)[3], "maint", "{out}\n{}", p.log_text());
+        assert_eq!(row(&out, &sb)[5], "4", "{out}");
+        let mut c = Client::connect(listen).await.unwrap();
+        for _ in 0..4 {
+            assert_eq!(c.get("/", &[]).await.unwrap().body, sb);
+        }
+        // Putting a back as configured removes it from the file.
+        assert_eq!(ctl(admin, None, &["ready", "http-svc", &sa]).0, 0);
+        assert!(!std::fs::read_to_string(&state).unwrap().contains(&sa));
+    }
+    {
+        // The configuration now gives a weight 2 (a has no saved entry any more); b's lines
+        // did not change, so its saved weight still applies.
+        let p = Proxy::start(&cfg(Some(2)), listen).await;
+        let (_, out, _) = ctl(admin, None, &["status"]);
+        assert_eq!(row(&out, &sa)[5], "2", "{out}");
+        assert_eq!(row(&out, &sb)[5], "4", "{out}\n{}", p.log_text());
+    }
+    {
+        // Now b's configured weight changes: the configuration wins, the entry is dropped.
+        let changed = cfg(Some(2)).replacen("weight = 1", "weight = 3", 1);
+        let p = Proxy::start(&changed, listen).await;
+        let (_, out, _) = ctl(admin, None, &["status"]);
+        assert_eq!(row(&out, &sb)[5], "3", "{out}");
+        assert!(p
+            .log_text()
+            .contains("the configuration changed this backend since"));
+        assert!(!std::fs::read_to_string(&state).unwrap().contains(&sb));
+    }
+}
+
+#[test]
+fn check_refuses_an_open_admin_api() {
+    let cases = [
+        (
+            "[admin]\nlisten = \"0.0.0.0:9090\"\n",
+            "F:2:10: admin.listen: 0.0.0.0:9090 is not a loopback address, so a token_file is required",
+        ),
+        (
+            "[admin]\nlisten = \"127.0.0.1:18080\"\n",
+            "F:2:10: admin.listen: 127.0.0.1:18080 is also the listen address of service \"web\"",
+        ),
+        (
+            "[admin]\ntoken_file = \"missing.token\"\n",
+            "F:1:1: admin: `listen` is required",
+        ),
+        (
+            "[admin]\nlisten = \"127.0.0.1:9\"\ntoken_file = \"missing.token\"\n",
+            "F:3:14: admin.token_file: cannot read",
+        ),
+    ];
+    for (admin, expect) in cases {
+        let text = format!(
+            "{admin}\n[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:18080\"\n[[service.backend]]\naddress = \"127.0.0.1:18081\"\n"
+        );
+        let (_d, path) = write_config(&text);
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "F");
+        assert_eq!(out.status.code(), Some(2), "{admin}: {err}");
+        assert!(err.contains(expect), "{admin}: {err}");
+    }
+}
