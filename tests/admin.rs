@@ -338,3 +338,18 @@ fn check_refuses_an_open_admin_api() {
         assert!(err.contains(expect), "{admin}: {err}");
     }
 }
+
+#[test]
+fn a_busy_admin_address_stops_the_start() {
+    let backend = free_addr();
+    let (taken, err) = refused_on_busy_address(|admin| {
+        format!(
+            "[admin]\nlisten = \"{admin}\"\n\n{}",
+            service_toml("http", free_addr(), "", &[(backend, 1)])
+        )
+    });
+    assert!(
+        err.contains(&format!("admin.listen: cannot listen on {taken}")),
+        "{err}"
+    );
+}

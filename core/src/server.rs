@@ -183,6 +183,7 @@ impl Built {
                     token: admin.token.clone(),
                 },
             );
+            available(admin.listen, "admin.listen")?;
             svc.add_tcp(&admin.listen.to_string());
             server.add_service(svc);
         }
@@ -194,11 +195,20 @@ impl Built {
                     balancers: self.balancers.clone(),
                 },
             );
+            available(addr, "metrics")?;
             svc.add_tcp(&addr.to_string());
             server.add_service(svc);
         }
         Ok(server)
     }
+}
+
+/// Fails now if `addr` cannot be bound, rather than let pingora retry it in the background
+/// (it binds the metrics and admin listeners itself, when it starts them).
+fn available(addr: std::net::SocketAddr, what: &str) -> Result<(), String> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("{what}: cannot listen on {addr}: {e}"))
 }
 
 /// `[proxy] max_connections`, or what the descriptor limit allows (raised to its hard limit
