@@ -144,8 +144,14 @@ async fn wasm_and_lua_plugins_route_the_same_way() {
     agents[1].say("maint");
     step("b2 in maintenance by its agent", &[], "b3").await;
     step(
-        "a request naming a drained backend is rebalanced",
+        "a request naming a draining backend still reaches it (drain honours persistence)",
         &[("x-backend", "b1")],
+        "b1",
+    )
+    .await;
+    step(
+        "a request naming a backend in maintenance is rebalanced",
+        &[("x-backend", "b2")],
         "b3",
     )
     .await;

@@ -9,6 +9,7 @@ use crate::balance::pool::AdminState;
 
 use super::state_file::StateFile;
 use super::view::ServiceView;
+use crate::server::live::Live;
 
 /// Why a change was refused: the HTTP status and a message.
 #[derive(Debug)]
@@ -37,31 +38,34 @@ const MAX_WEIGHT: u32 = 256;
 
 /// The live services, and the file runtime changes are saved in.
 pub struct Control {
-    balancers: Vec<Arc<Balancer>>,
+    live: Arc<Live>,
     /// Serialises changes, so that the state file is written in the order they were made.
     state: Mutex<Option<StateFile>>,
 }
 
 impl Control {
-    pub fn new(balancers: Vec<Arc<Balancer>>, state: Option<StateFile>) -> Control {
+    pub fn new(live: Arc<Live>, state: Option<StateFile>) -> Control {
         Control {
-            balancers,
+            live,
             state: Mutex::new(state),
         }
     }
 
     pub fn services(&self) -> Vec<ServiceView> {
-        self.balancers.iter().map(|b| ServiceView::of(b)).collect()
+        self.live
+            .balancers()
+            .iter()
+            .map(|b| ServiceView::of(b))
+            .collect()
     }
 
     pub fn service(&self, name: &str) -> Result<ServiceView, Refused> {
-        Ok(ServiceView::of(self.find(name)?))
+        Ok(ServiceView::of(&*self.find(name)?))
     }
 
-    fn find(&self, name: &str) -> Result<&Arc<Balancer>, Refused> {
-        self.balancers
-            .iter()
-            .find(|b| b.config().name == name)
+    fn find(&self, name: &str) -> Result<Arc<Balancer>, Refused> {
+        self.live
+            .get(name)
             .ok_or_else(|| refused(404, format!("no service {name:?}")))
     }
 
@@ -74,7 +78,7 @@ impl Control {
         change: &BackendChange,
     ) -> Result<ServiceView, Refused> {
         let b = self.find(service)?;
-        let i = find_backend(b, backend)?;
+        let i = find_backend(&b, backend)?;
         let state = match &change.state {
             None => None,
             Some(s) => Some(AdminState::from_name(s).ok_or_else(|| {
@@ -98,9 +102,9 @@ impl Control {
             b.pool.set_weight(i, w);
         }
         if let Some(f) = file.as_mut() {
-            f.record(b, i);
+            f.record(&b, i);
         }
-        Ok(ServiceView::of(b))
+        Ok(ServiceView::of(&b))
     }
 }
 

@@ -49,6 +49,10 @@ pub trait HookSource {
     fn agent_feed(&self, cfg: &Config, service: usize, name: &str) -> Option<AgentFeed>;
 }
 
+/// Reads every service's current version (they are replaced when backends change), for
+/// the parts that walk all services off the request path: health checks, metrics.
+pub type CurrentServices = Arc<dyn Fn() -> Arc<Vec<Arc<Balancer>>> + Send + Sync>;
+
 /// A health-check hook run as an agent feed: the hook, its interval and the timeout of a poll.
 pub type AgentFeed = (Arc<dyn HealthCheck>, Duration, Duration);
 
@@ -71,24 +75,30 @@ impl HookSource for NoPlugins {
 }
 
 /// A persistence-key hook and the table its keys are pinned in.
+#[derive(Clone)]
 struct Persistence {
-    hook: Box<dyn PersistenceKey>,
-    table: Box<dyn PersistenceTable>,
+    hook: Arc<dyn PersistenceKey>,
+    table: Arc<dyn PersistenceTable>,
 }
 
+/// One version of a service: its configuration, pool and hooks. A new version replaces it
+/// when backends are added or removed (see [`Balancer::with_backends`]); hooks, the
+/// persistence table and every backend's live state carry over.
 pub struct Balancer {
     cfg: ServiceConfig,
     pub pool: Arc<Pool>,
-    scheduler: Box<dyn SelectServer>,
+    scheduler: Arc<dyn SelectServer>,
     /// Decides when a plugin scheduler has no opinion or fails.
-    fallback: Option<Box<dyn SelectServer>>,
+    fallback: Option<Arc<dyn SelectServer>>,
     persistence: Option<Persistence>,
     health: Option<(Arc<dyn HealthCheck>, HealthConfig)>,
     /// A scheduler plugin's own health-check hook, run as a load/agent feed.
     agent_feed: Option<AgentFeed>,
     counters: Vec<BackendCounters>,
     no_backend: IntCounter,
-    no_backend_log: crate::observe::logging::RateLimit,
+    no_backend_log: Arc<crate::observe::logging::RateLimit>,
+    metrics: Arc<Metrics>,
+    key: CookieKey,
 }
 
 impl Balancer {
@@ -97,7 +107,7 @@ impl Balancer {
     pub fn new(
         config: &Config,
         index: usize,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
         plugins: &dyn HookSource,
     ) -> Result<Self, String> {
         let cfg = &config.services[index];
@@ -105,16 +115,21 @@ impl Balancer {
         let pool = Arc::new(Pool::new(&cfg.name, &cfg.backends, cfg.slow_start, &key));
         let in_service = |e: String| format!("service {:?}: {e}", cfg.name);
         let mut agent_feed = None;
-        let (scheduler, fallback) = match &cfg.scheduler {
+        let (scheduler, fallback): (Arc<dyn SelectServer>, _) = match &cfg.scheduler {
             SchedulerKind::Plugin(name) => {
                 agent_feed = plugins.agent_feed(config, index, name);
                 (
-                    plugins.select(config, index, name).map_err(in_service)?,
-                    super::scheduler::builtin(&cfg.fallback_scheduler, &pool),
+                    plugins
+                        .select(config, index, name)
+                        .map_err(in_service)?
+                        .into(),
+                    super::scheduler::builtin(&cfg.fallback_scheduler, &pool).map(Arc::from),
                 )
             }
             kind => (
-                super::scheduler::builtin(kind, &pool).expect("built-in scheduler"),
+                super::scheduler::builtin(kind, &pool)
+                    .expect("built-in scheduler")
+                    .into(),
                 None,
             ),
         };
@@ -123,11 +138,13 @@ impl Balancer {
             Some(p) => Some(Persistence {
                 hook: match &p.key {
                     PersistenceKeyKind::Plugin(name) => {
-                        plugins.key(config, index, name).map_err(in_service)?
+                        plugins.key(config, index, name).map_err(in_service)?.into()
                     }
-                    _ => super::persistence::builtin_key(p).expect("built-in key"),
+                    _ => super::persistence::builtin_key(p)
+                        .expect("built-in key")
+                        .into(),
                 },
-                table: Box::new(MemoryTable::new(p.timeout, p.max_entries)),
+                table: Arc::new(MemoryTable::new(p.timeout, p.max_entries)),
             }),
         };
         let health = match &cfg.health_check {
@@ -160,7 +177,48 @@ impl Balancer {
             health,
             agent_feed,
             counters,
+            metrics: metrics.clone(),
+            key,
         })
+    }
+
+    /// The next version of this service with `backends` instead: backends that stay keep
+    /// their live state, pins and cookies; the hooks and the persistence table are shared;
+    /// built-in schedulers are rebuilt over the new pool.
+    pub fn with_backends(&self, backends: Vec<crate::config::BackendConfig>) -> Balancer {
+        let mut cfg = self.cfg.clone();
+        let pool = Arc::new(self.pool.next(
+            &cfg.name,
+            &backends,
+            &cfg.backends,
+            cfg.slow_start,
+            &self.key,
+        ));
+        cfg.backends = backends;
+        let builtin = |kind: &SchedulerKind| super::scheduler::builtin(kind, &pool).map(Arc::from);
+        let (scheduler, fallback) = match &cfg.scheduler {
+            SchedulerKind::Plugin(_) => (self.scheduler.clone(), builtin(&cfg.fallback_scheduler)),
+            kind => (builtin(kind).expect("built-in scheduler"), None),
+        };
+        let counters = pool
+            .backends()
+            .iter()
+            .map(|b| self.metrics.backend(&cfg.name, &b.name))
+            .collect();
+        Balancer {
+            cfg,
+            pool,
+            scheduler,
+            fallback,
+            persistence: self.persistence.clone(),
+            health: self.health.clone(),
+            agent_feed: self.agent_feed.clone(),
+            counters,
+            no_backend: self.no_backend.clone(),
+            no_backend_log: self.no_backend_log.clone(),
+            metrics: self.metrics.clone(),
+            key: self.key.clone(),
+        }
     }
 
     pub fn config(&self) -> &ServiceConfig {

@@ -22,7 +22,7 @@ pub const WEIGHT_SCALE: u32 = 1000;
 /// Slow start begins at this share of the full weight (Envoy's default minimum is 10 %).
 const SLOW_START_MIN_PERMILLE: u64 = 100;
 
-/// One backend and its live state.
+/// One backend: its identity, and its live state.
 #[derive(Debug)]
 pub struct Backend {
     /// Stable name within the service (see [`crate::balance::identity`]).
@@ -31,6 +31,15 @@ pub struct Backend {
     /// The value a cookie naming this backend carries.
     pub cookie_id: [u8; COOKIE_ID_LEN],
     pub address: SocketAddr,
+    /// Shared by every version of the pool that has this backend (at the same address), so
+    /// that replacing the pool (a backend added or removed, a reload) keeps its health,
+    /// counters, state and in-flight count.
+    live: Arc<Live>,
+}
+
+/// What changes about a backend while the proxy runs.
+#[derive(Debug)]
+struct Live {
     /// Weight: configured, or set at run time (admin API).
     weight: AtomicU32,
     /// Operator's state ([`AdminState`]); the config's `enabled = false` starts it in `maint`.
@@ -51,8 +60,14 @@ pub struct Backend {
     /// Consecutive failed and successful checks (active and passive).
     fails: AtomicU32,
     oks: AtomicU32,
-    /// Milliseconds since the pool's epoch when the backend last came up; u64::MAX = not ramping.
+    /// Milliseconds since [`epoch`] when the backend last came up; u64::MAX = not ramping.
     up_since_ms: AtomicU64,
+}
+
+/// The process's clock origin for slow-start ramps (shared by every pool version).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Backend {
@@ -62,22 +77,53 @@ impl Backend {
             id: BackendId::new(service, &c.name),
             cookie_id: key.cookie_id(service, &c.name),
             address: c.address,
-            weight: AtomicU32::new(c.weight),
-            admin: AtomicU8::new(if c.enabled {
+            live: Arc::new(Live {
+                weight: AtomicU32::new(c.weight),
+                admin: AtomicU8::new(if c.enabled {
+                    AdminState::Ready
+                } else {
+                    AdminState::Maint
+                } as u8),
+                healthy: AtomicBool::new(true),
+                active: AtomicU32::new(0),
+                effective_weight: AtomicU32::new(c.weight * WEIGHT_SCALE),
+                load: AtomicU8::new(u8::MAX),
+                agent: AgentState::default(),
+                picks: AtomicU64::new(0),
+                fails: AtomicU32::new(0),
+                oks: AtomicU32::new(0),
+                up_since_ms: AtomicU64::new(u64::MAX),
+            }),
+        }
+    }
+
+    /// The same backend in a new pool: its live state carried over, with what the
+    /// configuration changed since `before` (its `enabled`, its `weight`) applied.
+    fn carried(&self, c: &BackendConfig, before: &BackendConfig) -> Self {
+        let b = Backend {
+            name: self.name.clone(),
+            id: self.id,
+            cookie_id: self.cookie_id,
+            address: self.address,
+            live: self.live.clone(),
+        };
+        if c.enabled != before.enabled {
+            let state = if c.enabled {
                 AdminState::Ready
             } else {
                 AdminState::Maint
-            } as u8),
-            healthy: AtomicBool::new(true),
-            active: AtomicU32::new(0),
-            effective_weight: AtomicU32::new(c.weight * WEIGHT_SCALE),
-            load: AtomicU8::new(u8::MAX),
-            agent: AgentState::default(),
-            picks: AtomicU64::new(0),
-            fails: AtomicU32::new(0),
-            oks: AtomicU32::new(0),
-            up_since_ms: AtomicU64::new(u64::MAX),
+            };
+            b.live.admin.store(state as u8, Relaxed);
         }
+        if c.weight != before.weight {
+            b.live.weight.store(c.weight, Relaxed);
+            if b.live.up_since_ms.load(Relaxed) == u64::MAX {
+                b.live
+                    .effective_weight
+                    .store(c.weight * WEIGHT_SCALE, Relaxed);
+            }
+        }
+        b
     }
 
     /// Not in maintenance (by the operator).
@@ -87,55 +133,55 @@ impl Backend {
 
     /// The operator's state.
     pub fn admin(&self) -> AdminState {
-        AdminState::from_u8(self.admin.load(Relaxed))
+        AdminState::from_u8(self.live.admin.load(Relaxed))
     }
 
     /// The state that applies: the stricter of the operator's and the agent's.
     pub fn state(&self) -> AdminState {
-        self.admin().max(self.agent.admin())
+        self.admin().max(self.live.agent.admin())
     }
 
     pub fn weight(&self) -> u32 {
-        self.weight.load(Relaxed)
+        self.live.weight.load(Relaxed)
     }
 
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Relaxed)
+        self.live.healthy.load(Relaxed)
     }
 
     /// Can take new clients: ready (operator and agent), healthy, a non-zero weight, and
     /// under the agent's connection limit.
     #[inline]
     pub fn available(&self) -> bool {
-        self.admin.load(Relaxed) == AdminState::Ready as u8
+        self.live.admin.load(Relaxed) == AdminState::Ready as u8
             && self.healthy()
             && self.weight() > 0
-            && self.agent.admits(self.active())
+            && self.live.agent.admits(self.active())
     }
 
     /// Can take a client that persistence pins to it: as [`Backend::available`], except
     /// that draining (by the operator or the agent) and a zero weight do not refuse it.
     #[inline]
     pub fn available_pinned(&self) -> bool {
-        self.admin.load(Relaxed) != AdminState::Maint as u8
+        self.live.admin.load(Relaxed) != AdminState::Maint as u8
             && self.healthy()
-            && self.agent.admits_pinned(self.active())
+            && self.live.agent.admits_pinned(self.active())
     }
 
     /// What the backend's agent last reported.
     pub fn agent(&self) -> &AgentState {
-        &self.agent
+        &self.live.agent
     }
 
     pub fn active(&self) -> u32 {
-        self.active.load(Relaxed)
+        self.live.active.load(Relaxed)
     }
 
     /// Weight in thousandths, after slow start.
     #[inline]
     pub fn effective_weight(&self) -> u32 {
-        let w = self.effective_weight.load(Relaxed);
-        match self.agent.weight_percent() {
+        let w = self.live.effective_weight.load(Relaxed);
+        match self.live.agent.weight_percent() {
             100 => w,
             p => (w as u64 * p as u64 / 100) as u32,
         }
@@ -143,33 +189,33 @@ impl Backend {
 
     #[inline]
     pub fn picks(&self) -> u64 {
-        self.picks.load(Relaxed)
+        self.live.picks.load(Relaxed)
     }
 
     #[inline]
     pub fn record_pick(&self) {
-        self.picks.fetch_add(1, Relaxed);
+        self.live.picks.fetch_add(1, Relaxed);
     }
 
     /// Last reported load 0-100, if a check ever reported one.
     pub fn load(&self) -> Option<u8> {
-        match self.load.load(Relaxed) {
+        match self.live.load.load(Relaxed) {
             u8::MAX => None,
             l => Some(l),
         }
     }
 }
 
-/// Counts one request or connection in flight on a backend for as long as it lives.
+/// Counts one request or connection in flight on a backend for as long as it lives (across
+/// pool versions: it holds the backend's live state, not the pool).
 #[derive(Debug)]
 pub struct ActiveGuard {
-    pool: Arc<Pool>,
-    index: usize,
+    live: Arc<Live>,
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.pool.backends[self.index].active.fetch_sub(1, Relaxed);
+        self.live.active.fetch_sub(1, Relaxed);
     }
 }
 
@@ -190,7 +236,6 @@ pub struct Pool {
     /// Unique per pool object: caches of per-backend data (a plugin's backend table) key on it.
     uid: u64,
     slow_start: Option<Duration>,
-    epoch: Instant,
     /// Bumped whenever availability or an effective weight changes.
     generation: AtomicU64,
     weights_version: AtomicU64,
@@ -209,6 +254,10 @@ impl Pool {
             .iter()
             .map(|b| Backend::new(service, b, key))
             .collect();
+        Pool::from_backends(backends, slow_start)
+    }
+
+    fn from_backends(backends: Vec<Backend>, slow_start: Option<Duration>) -> Pool {
         let mut by_id: Vec<(BackendId, u32)> = backends
             .iter()
             .enumerate()
@@ -220,10 +269,36 @@ impl Pool {
             by_id,
             uid: POOL_UIDS.fetch_add(1, Relaxed),
             slow_start,
-            epoch: Instant::now(),
             generation: AtomicU64::new(0),
             weights_version: AtomicU64::new(0),
         }
+    }
+
+    /// The next version of this pool, for `backends` (which the configuration described as
+    /// `before` in this version): a backend that stays (same name and address) keeps its
+    /// live state, with what the configuration changed applied; the others start afresh.
+    pub fn next(
+        &self,
+        service: &str,
+        backends: &[BackendConfig],
+        before: &[BackendConfig],
+        slow_start: Option<Duration>,
+        key: &CookieKey,
+    ) -> Pool {
+        let list: Vec<Backend> = backends
+            .iter()
+            .map(|c| {
+                let id = BackendId::new(service, &c.name);
+                match self.index_of(id).map(|i| &self.backends[i]) {
+                    Some(old) if old.address == c.address => {
+                        let was = before.iter().find(|b| b.name == c.name).unwrap_or(c);
+                        old.carried(c, was)
+                    }
+                    _ => Backend::new(service, c, key),
+                }
+            })
+            .collect();
+        Pool::from_backends(list, slow_start)
     }
 
     #[inline]
@@ -277,17 +352,15 @@ impl Pool {
 
     /// Marks a request or connection in flight on backend `i` until the guard drops.
     #[inline]
-    pub fn acquire(self: &Arc<Self>, i: usize) -> ActiveGuard {
-        self.backends[i].active.fetch_add(1, Relaxed);
-        ActiveGuard {
-            pool: self.clone(),
-            index: i,
-        }
+    pub fn acquire(&self, i: usize) -> ActiveGuard {
+        let live = &self.backends[i].live;
+        live.active.fetch_add(1, Relaxed);
+        ActiveGuard { live: live.clone() }
     }
 
     /// Sets the operator's state of backend `i`.
     pub fn set_admin(&self, i: usize, state: AdminState) {
-        let before = AdminState::from_u8(self.backends[i].admin.swap(state as u8, Relaxed));
+        let before = AdminState::from_u8(self.backends[i].live.admin.swap(state as u8, Relaxed));
         if before != state {
             if state == AdminState::Ready {
                 self.catch_up(i);
@@ -312,11 +385,13 @@ impl Pool {
     /// towards the new weight).
     pub fn set_weight(&self, i: usize, weight: u32) {
         let b = &self.backends[i];
-        if b.weight.swap(weight, Relaxed) == weight {
+        if b.live.weight.swap(weight, Relaxed) == weight {
             return;
         }
-        if b.up_since_ms.load(Relaxed) == u64::MAX {
-            b.effective_weight.store(weight * WEIGHT_SCALE, Relaxed);
+        if b.live.up_since_ms.load(Relaxed) == u64::MAX {
+            b.live
+                .effective_weight
+                .store(weight * WEIGHT_SCALE, Relaxed);
         }
         self.weights_version.fetch_add(1, Relaxed);
         self.bump();
@@ -340,18 +415,19 @@ impl Pool {
             .map(|(_, b)| b.picks() * me.weight() as u64 / b.weight().max(1) as u64)
             .max()
             .unwrap_or(0);
-        me.picks.store(level, Relaxed);
+        me.live.picks.store(level, Relaxed);
     }
 
     pub fn set_load(&self, i: usize, load: Option<u8>) {
         self.backends[i]
+            .live
             .load
             .store(load.map(|l| l.min(100)).unwrap_or(u8::MAX), Relaxed);
     }
 
     /// Applies one agent-reported property; false for an out-of-range value.
     pub fn set_agent(&self, i: usize, update: AgentUpdate) -> bool {
-        let a = &self.backends[i].agent;
+        let a = &self.backends[i].live.agent;
         let before = a.admits(0);
         let Some(weight_changed) = a.apply(update) else {
             return false;
@@ -366,24 +442,27 @@ impl Pool {
     pub fn observe(&self, i: usize, ok: bool, rise: u32, fall: u32) -> Transition {
         let b = &self.backends[i];
         if ok {
-            b.fails.store(0, Relaxed);
-            let oks = b.oks.fetch_add(1, Relaxed).saturating_add(1);
-            if !b.healthy() && oks >= rise && !b.healthy.swap(true, Relaxed) {
+            b.live.fails.store(0, Relaxed);
+            let oks = b.live.oks.fetch_add(1, Relaxed).saturating_add(1);
+            if !b.healthy() && oks >= rise && !b.live.healthy.swap(true, Relaxed) {
                 self.catch_up(i);
                 if self.slow_start.is_some() {
-                    b.up_since_ms.store(self.now_ms(), Relaxed);
-                    b.effective_weight
+                    b.live.up_since_ms.store(self.now_ms(), Relaxed);
+                    b.live
+                        .effective_weight
                         .store(self.ramp_weight(b, Duration::ZERO), Relaxed);
                 }
                 self.bump();
                 return Transition::CameUp;
             }
         } else {
-            b.oks.store(0, Relaxed);
-            let fails = b.fails.fetch_add(1, Relaxed).saturating_add(1);
-            if b.healthy() && fails >= fall && b.healthy.swap(false, Relaxed) {
-                b.up_since_ms.store(u64::MAX, Relaxed);
-                b.effective_weight.store(b.weight() * WEIGHT_SCALE, Relaxed);
+            b.live.oks.store(0, Relaxed);
+            let fails = b.live.fails.fetch_add(1, Relaxed).saturating_add(1);
+            if b.healthy() && fails >= fall && b.live.healthy.swap(false, Relaxed) {
+                b.live.up_since_ms.store(u64::MAX, Relaxed);
+                b.live
+                    .effective_weight
+                    .store(b.weight() * WEIGHT_SCALE, Relaxed);
                 self.bump();
                 return Transition::WentDown;
             }
@@ -392,7 +471,7 @@ impl Pool {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        epoch().elapsed().as_millis() as u64
     }
 
     fn ramp_weight(&self, b: &Backend, elapsed: Duration) -> u32 {
@@ -415,17 +494,17 @@ impl Pool {
         let mut ramping = false;
         let mut changed = false;
         for b in &self.backends {
-            let since = b.up_since_ms.load(Relaxed);
+            let since = b.live.up_since_ms.load(Relaxed);
             if since == u64::MAX {
                 continue;
             }
             let w = self.ramp_weight(b, Duration::from_millis(now.saturating_sub(since)));
             if w >= b.weight() * WEIGHT_SCALE {
-                b.up_since_ms.store(u64::MAX, Relaxed);
+                b.live.up_since_ms.store(u64::MAX, Relaxed);
             } else {
                 ramping = true;
             }
-            if b.effective_weight.swap(w, Relaxed) != w {
+            if b.live.effective_weight.swap(w, Relaxed) != w {
                 changed = true;
             }
         }
@@ -509,6 +588,43 @@ mod tests {
         assert!(!b.available() && b.available_pinned());
         assert_eq!(b.state(), AdminState::Drain);
         assert_eq!(b.admin(), AdminState::Ready);
+    }
+
+    #[test]
+    fn the_next_pool_keeps_the_live_state_of_backends_that_stay() {
+        let key = CookieKey::new(b"test");
+        let before = test_backends(&[1, 1, 1]);
+        let p = Pool::new("t", &before, None, &key);
+        for _ in 0..3 {
+            p.observe(0, false, 1, 3);
+        }
+        p.set_admin(1, AdminState::Drain);
+        let guard = p.acquire(2);
+        // Backend 1 gets weight 4 in the file; a new one joins; backend 0 moves to the end.
+        let mut now = before.clone();
+        now[1].weight = 4;
+        let added = test_backends(&[1, 1, 1, 1]).pop().unwrap();
+        now.push(added);
+        now.rotate_left(1);
+        let q = p.next("t", &now, &before, None, &key);
+        let at = |name: &str| q.find_name(name).unwrap();
+        assert!(!q.get(at(&before[0].name)).healthy(), "health kept");
+        let b1 = q.get(at(&before[1].name));
+        assert_eq!((b1.admin(), b1.weight()), (AdminState::Drain, 4));
+        assert_eq!(
+            q.get(at(&before[2].name)).active(),
+            1,
+            "in flight counted once"
+        );
+        drop(guard);
+        assert_eq!(q.get(at(&before[2].name)).active(), 0);
+        let fresh = q.get(q.len() - 2);
+        assert!(fresh.healthy() && fresh.active() == 0);
+        // The same name at another address is a new backend.
+        let mut moved = before.clone();
+        moved[0].address = SocketAddr::from(([127, 0, 0, 2], 9000));
+        let r = p.next("t", &moved, &before, None, &key);
+        assert!(r.get(0).healthy());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::balance::balancer::Balancer;
+use crate::balance::balancer::{Balancer, CurrentServices};
 use crate::balance::hooks::HealthCheck;
 use crate::config::{HealthConfig, HealthKind, ServiceConfig};
 
@@ -57,9 +57,13 @@ pub fn builtin(svc: &ServiceConfig) -> Result<Option<Arc<dyn HealthCheck>>, Stri
     }))
 }
 
-/// Runs every active check and slow-start ramp of all services, off the request path.
+/// Runs every active check and slow-start ramp of all services, off the request path; when
+/// a service is replaced, its loops restart on the new version (health state lives in the
+/// backends, so nothing is lost).
 pub struct HealthService {
-    pub balancers: Vec<Arc<Balancer>>,
+    pub services: CurrentServices,
+    /// Changes when a service is replaced.
+    pub changed: tokio::sync::watch::Receiver<u64>,
     /// Owns the plugin registry for the server's lifetime (its file watcher holds only a weak
     /// reference, so that dropping the server stops reloads).
     pub plugins: Option<Arc<crate::plugin::registry::Registry>>,
@@ -68,8 +72,29 @@ pub struct HealthService {
 #[async_trait]
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut changed = self.changed.clone();
+        loop {
+            let mut tasks = self.spawn_loops();
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    tasks.abort_all();
+                    return;
+                }
+                r = changed.changed() => {
+                    tasks.abort_all();
+                    if r.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl HealthService {
+    fn spawn_loops(&self) -> tokio::task::JoinSet<()> {
         let mut tasks = tokio::task::JoinSet::new();
-        for b in &self.balancers {
+        for b in (self.services)().iter() {
             if let Some((check, cfg)) = b.health() {
                 for i in 0..b.pool.len() {
                     tasks.spawn(check_loop(b.clone(), check.clone(), cfg.clone(), i));
@@ -84,8 +109,7 @@ impl BackgroundService for HealthService {
                 tasks.spawn(slow_start_loop(b.clone()));
             }
         }
-        let _ = shutdown.changed().await;
-        tasks.abort_all();
+        tasks
     }
 }
 

@@ -164,7 +164,7 @@ impl Metrics {
 /// Serves `GET /metrics`.
 pub struct MetricsApp {
     pub metrics: Arc<Metrics>,
-    pub balancers: Vec<Arc<Balancer>>,
+    pub services: crate::balance::balancer::CurrentServices,
 }
 
 #[async_trait]
@@ -176,7 +176,7 @@ impl ServeHttp for MetricsApp {
                 .body(b"not found\n".to_vec())
                 .expect("static response");
         }
-        let body = self.metrics.render(&self.balancers);
+        let body = self.metrics.render(&(self.services)());
         http::Response::builder()
             .status(200)
             .header("content-type", "text/plain; version=0.0.4")

@@ -11,9 +11,14 @@
 //!
 //! Keep-alive on both sides and upstream connection reuse are pingora's; each request on a
 //! kept-alive client connection goes through `request_filter` and is balanced on its own.
+//!
+//! The services of an address (their balancers and prepared peers) are a [`Routes`] table
+//! that is replaced whole when a service changes; a request takes the table current at
+//! `request_filter` and keeps it to the end, so it finishes under the settings it began with.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
@@ -71,28 +76,39 @@ fn peer(cfg: &ServiceConfig, b: &crate::config::BackendConfig) -> Result<HttpPee
     Ok(p)
 }
 
-/// The services of one listen address.
-pub struct HttpService {
+/// The services of one listen address, and how a request picks one.
+pub struct Routes {
     routes: Vec<Route>,
     router: Router,
+}
+
+impl Routes {
+    pub fn new(routes: Vec<Route>) -> Routes {
+        let router = Router::new(routes.iter().map(|r| r.balancer.config().route.clone()));
+        Routes { routes, router }
+    }
+}
+
+/// The proxy of one listen address.
+pub struct HttpService {
+    /// Replaced whole (by whoever else holds it) when a service of the address changes:
+    /// requests from then on use the new table, those in flight finish on theirs.
+    current: Arc<ArcSwap<Routes>>,
     /// Clients speak TLS to this address (`X-Forwarded-Proto: https`).
     tls: bool,
 }
 
 impl HttpService {
-    pub fn new(routes: Vec<Route>, tls: bool) -> Self {
-        let router = Router::new(routes.iter().map(|r| r.balancer.config().route.clone()));
-        HttpService {
-            routes,
-            router,
-            tls,
-        }
+    pub fn new(current: Arc<ArcSwap<Routes>>, tls: bool) -> Self {
+        HttpService { current, tls }
     }
 }
 
 /// Per-request state.
 #[derive(Default)]
 pub struct Ctx {
+    /// The address's services as the request found them.
+    table: Option<Arc<Routes>>,
     /// The service (route) of this request.
     route: usize,
     /// The backend chosen for the current attempt.
@@ -105,14 +121,21 @@ pub struct Ctx {
     active: Option<ActiveGuard>,
 }
 
-impl HttpService {
-    fn balancer(&self, ctx: &Ctx) -> &Balancer {
-        &self.routes[ctx.route].balancer
+impl Ctx {
+    /// The request's service. `request_filter`, the first phase, set the table.
+    fn route(&self) -> &Route {
+        &self
+            .table
+            .as_ref()
+            .expect("routes set in request_filter")
+            .routes[self.route]
     }
+}
 
-    fn request<'a>(&'a self, session: &'a Session, ctx: &Ctx) -> Request<'a> {
+impl HttpService {
+    fn request<'a>(&self, session: &'a Session, ctx: &'a Ctx) -> Request<'a> {
         Request {
-            service: &self.routes[ctx.route].balancer.config().name,
+            service: &ctx.route().balancer.config().name,
             mode: crate::config::Mode::Http,
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             http: Some(session.req_header()),
@@ -123,12 +146,13 @@ impl HttpService {
 
     fn choose(&self, session: &Session, ctx: &mut Ctx) -> Option<usize> {
         let req = self.request(session, ctx);
-        let b = self.balancer(ctx);
+        let b = &ctx.route().balancer;
         let outcome = b.key(&req);
+        let chosen = b.choose(&req, &outcome, &ctx.failed);
         if let KeyOutcome::Backend(i) = outcome {
             ctx.named = Some(i);
         }
-        b.choose(&req, &outcome, &ctx.failed)
+        chosen
     }
 }
 
@@ -174,11 +198,12 @@ impl ProxyHttp for HttpService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(route) = self.router.route(session.req_header()) else {
+        let table = ctx.table.insert(self.current.load_full());
+        let Some(route) = table.router.route(session.req_header()) else {
             return respond(session, 404, &[]).await;
         };
         ctx.route = route;
-        let r = &self.routes[route];
+        let r = &table.routes[route];
         session.set_keepalive(Some(r.keepalive_secs));
         if r.balancer.config().redirect_https {
             return match https_location(session.req_header()) {
@@ -203,9 +228,11 @@ impl ProxyHttp for HttpService {
                 i
             }
         };
-        let r = &self.routes[ctx.route];
-        ctx.active = Some(r.balancer.pool.acquire(i));
-        Ok(Box::new(r.peers[i].clone()))
+        let r = ctx.route();
+        let guard = r.balancer.pool.acquire(i);
+        let peer = Box::new(r.peers[i].clone());
+        ctx.active = Some(guard);
+        Ok(peer)
     }
 
     fn fail_to_connect(
@@ -216,14 +243,14 @@ impl ProxyHttp for HttpService {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.active = None;
-        let b = &self.routes[ctx.route].balancer;
         if let Some(i) = ctx.backend.take() {
-            b.connect_failed(i);
+            ctx.route().balancer.connect_failed(i);
             ctx.failed.push(i);
         }
         let method = &session.req_header().method;
         let replayable = method == http::Method::GET || method == http::Method::HEAD;
-        e.set_retry(replayable && ctx.failed.len() <= b.config().retries as usize);
+        let retries = ctx.route().balancer.config().retries as usize;
+        e.set_retry(replayable && ctx.failed.len() <= retries);
         e
     }
 
@@ -261,7 +288,8 @@ impl ProxyHttp for HttpService {
     ) -> Result<()> {
         if let Some(served) = ctx.backend {
             let req = self.request(session, ctx);
-            self.balancer(ctx)
+            ctx.route()
+                .balancer
                 .on_response(&req, ctx.named, served, upstream_response);
         }
         Ok(())

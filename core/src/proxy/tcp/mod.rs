@@ -16,6 +16,7 @@ pub mod relay;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::Service;
@@ -44,23 +45,22 @@ pub struct TcpService {
 }
 
 /// What every connection of a tcp service needs.
-struct Conns {
-    balancer: Arc<Balancer>,
+pub struct Conns {
+    /// The service as it is now; a connection keeps the version it started with.
+    current: ArcSwap<Target>,
     /// Terminates the clients' TLS.
     front: Option<TlsAcceptor>,
-    /// TLS towards the backends, with each backend's server name.
+}
+
+/// One version of the service: its balancer, and TLS towards its backends (with each
+/// backend's server name, by index).
+pub struct Target {
+    balancer: Arc<Balancer>,
     back: Option<(TlsConnector, Vec<ServerName<'static>>)>,
 }
 
-impl TcpService {
-    /// Binds every address now, so that a busy or forbidden address is an error at start-up.
-    pub fn bind(
-        name: String,
-        addrs: &[SocketAddr],
-        balancer: Arc<Balancer>,
-        limits: Limits,
-        front: Option<Arc<rustls::ServerConfig>>,
-    ) -> Result<Self, String> {
+impl Target {
+    pub fn new(balancer: Arc<Balancer>) -> Result<Target, String> {
         let cfg = balancer.config();
         let back = match &cfg.backend_tls {
             None => None,
@@ -74,16 +74,40 @@ impl TcpService {
                 Some((TlsConnector::from(config), names))
             }
         };
+        Ok(Target { balancer, back })
+    }
+}
+
+impl Conns {
+    /// New connections use `target` from now on.
+    pub fn set_target(&self, target: Target) {
+        self.current.store(Arc::new(target));
+    }
+}
+
+impl TcpService {
+    /// Binds every address now, so that a busy or forbidden address is an error at start-up.
+    pub fn bind(
+        name: String,
+        addrs: &[SocketAddr],
+        balancer: Arc<Balancer>,
+        limits: Limits,
+        front: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, String> {
         Ok(TcpService {
             sockets: listener::bind(&name, addrs)?,
             name,
             conns: Arc::new(Conns {
-                balancer,
+                current: ArcSwap::from_pointee(Target::new(balancer)?),
                 front: front.map(TlsAcceptor::from),
-                back,
             }),
             limits,
         })
+    }
+
+    /// The handle that replaces the service's version.
+    pub fn conns(&self) -> Arc<Conns> {
+        self.conns.clone()
     }
 
     /// Reads the client's first bytes until the hook is satisfied, the client stops sending,
@@ -177,19 +201,22 @@ impl Service for TcpService {
 impl Conns {
     /// One client connection: TLS termination if configured, then the proxying.
     async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
+        let target = self.current.load_full();
         let Some(front) = &self.front else {
-            return self.proxy(tcp, peer).await;
+            return target.proxy(tcp, peer).await;
         };
-        let timeout = self.balancer.config().inspect_timeout;
+        let timeout = target.balancer.config().inspect_timeout;
         match tokio::time::timeout(timeout, front.accept(tcp)).await {
-            Ok(Ok(tls)) => self.proxy(tls, peer).await,
+            Ok(Ok(tls)) => target.proxy(tls, peer).await,
             Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
             Err(_) => {
                 tracing::debug!(client = %peer, "TLS handshake not done within inspect_timeout")
             }
         }
     }
+}
 
+impl Target {
     /// From the client's first bytes to the end of the relay.
     async fn proxy<C: ClientStream>(&self, mut client: C, peer: SocketAddr) {
         let b = &self.balancer;

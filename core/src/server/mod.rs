@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -20,10 +22,14 @@ use crate::io::limits::{self, Limit, Limits};
 use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::plugin::registry::Registry;
 use crate::proxy::http::listener::{HttpListener, Timeouts};
-use crate::proxy::http::phases::{HttpService, Route};
+use crate::proxy::http::phases::{HttpService, Route, Routes};
 use crate::proxy::tcp::TcpService;
 use crate::tls;
 use crate::tls::server::CertStore;
+
+pub mod live;
+
+use live::Live;
 
 /// What a configuration builds before anything listens.
 pub struct Built {
@@ -93,6 +99,7 @@ impl Built {
             service: s.max_connections.map(Limit::new),
             process: process.clone(),
         };
+        let mut live = Live::new(self.balancers.clone());
         let mut cert_stores = Vec::new();
         for b in self
             .balancers
@@ -109,13 +116,9 @@ impl Built {
                     Some(tls::server::server_config(t, store)?)
                 }
             };
-            server.add_service(TcpService::bind(
-                name,
-                &s.listen,
-                b.clone(),
-                limits(s),
-                front,
-            )?);
+            let svc = TcpService::bind(name, &s.listen, b.clone(), limits(s), front)?;
+            live.add_tcp(s.name.clone(), svc.conns());
+            server.add_service(svc);
         }
         // One listener per http address, serving every service that listens there.
         for (addr, on) in http_addresses(&self.balancers) {
@@ -129,6 +132,11 @@ impl Built {
                 .iter()
                 .map(|b| Route::new(b.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
+            let routes = Arc::new(ArcSwap::from_pointee(Routes::new(routes)));
+            live.add_http(
+                names.iter().map(|n| n.to_string()).collect(),
+                routes.clone(),
+            );
             let proxy =
                 pingora::proxy::http_proxy(&conf, HttpService::new(routes, lead.tls.is_some()));
             let timeouts = Timeouts {
@@ -159,10 +167,12 @@ impl Built {
                 KeepUntilShutdown(watcher),
             ));
         }
+        let live = Arc::new(live);
         server.add_service(background_service(
             "health checks",
             HealthService {
-                balancers: self.balancers.clone(),
+                services: live.current(),
+                changed: live.subscribe(),
                 plugins: self.plugins.clone(),
             },
         ));
@@ -179,7 +189,7 @@ impl Built {
             let mut svc = Service::new(
                 "admin API".to_string(),
                 AdminApp {
-                    control: Arc::new(Control::new(self.balancers.clone(), state)),
+                    control: Arc::new(Control::new(live.clone(), state)),
                     token: admin.token.clone(),
                 },
             );
@@ -192,7 +202,7 @@ impl Built {
                 "metrics".to_string(),
                 MetricsApp {
                     metrics: self.metrics.clone(),
-                    balancers: self.balancers.clone(),
+                    services: live.current(),
                 },
             );
             available(addr, "metrics")?;
