@@ -353,3 +353,226 @@ fn a_busy_admin_address_stops_the_start() {
         "{err}"
     );
 }
+
+/// The backends of `service` as `ctl --json status` shows them: (name, state, removing).
+fn backends_of(admin: SocketAddr, service: &str) -> Vec<(String, String, bool)> {
+    let (code, out, err) = ctl(admin, None, &["--json", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap()["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_string(),
+                b["state"].as_str().unwrap().to_string(),
+                b["removing"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_added_and_removed_under_load_fail_no_request() {
+    let (a, b, list) = two().await;
+    let c = HttpBackend::start().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\n\n{}",
+        service_toml("http", listen, "", &list)
+    );
+    let p = Proxy::start(&cfg, listen).await;
+    // Load: four kept-alive clients for a bounded time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let mut cl = Client::connect(listen).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                match cl.get("/", &[]).await {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    other => {
+                        failed.push(format!("{other:?}"));
+                        cl = Client::connect(listen).await.unwrap();
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A long request on a, in flight while a is removed.
+    let slow = tokio::spawn(async move {
+        let mut c = Client::connect(listen).await.unwrap();
+        let mut rs = Vec::new();
+        for _ in 0..2 {
+            rs.push(c.get("/slow/1500", &[]).await.unwrap());
+        }
+        rs
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, _, err) = ctl(
+        admin,
+        None,
+        &[
+            "add",
+            "http-svc",
+            &c.addr.to_string(),
+            "--name",
+            "fe-c",
+            "--weight",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let c_before = c.hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(c.hits() > c_before, "the new backend takes traffic");
+    let (code, _, err) = ctl(admin, None, &["remove", "http-svc", &a.addr.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let names = backends_of(admin, "http-svc");
+    assert!(names
+        .iter()
+        .any(|(n, s, r)| *n == a.addr.to_string() && s == "maint" && *r));
+    // Gone once its last request ended; nothing new reached it meanwhile.
+    let gone = eventually(Duration::from_secs(5), async || {
+        !backends_of(admin, "http-svc")
+            .iter()
+            .any(|(n, _, _)| *n == a.addr.to_string())
+    })
+    .await;
+    assert!(gone, "{}", p.log_text());
+    let a_after = a.hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.hits(), a_after, "a removed backend gets nothing");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    for t in load {
+        let (ok, failed) = t.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "the load ran: {total}");
+    for r in slow.await.unwrap() {
+        assert_eq!(r.status, 200);
+    }
+    assert!(b.hits() > 0);
+    // Adding a name or address that exists is refused; so is removing an unknown backend.
+    let (code, _, err) = ctl(admin, None, &["add", "http-svc", &b.addr.to_string()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("409"), "{err}");
+    assert_eq!(ctl(admin, None, &["remove", "http-svc", "nope"]).0, 1);
+    assert_eq!(
+        ctl(admin, None, &["add", "http-svc", "not an address"]).0,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_tcp_backend_keeps_its_open_connections_until_they_end() {
+    let (a, b) = (TcpBackend::start().await, TcpBackend::start().await);
+    let (listen, admin) = (free_addr(), free_addr());
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\n\n{}",
+        service_toml(
+            "tcp",
+            listen,
+            "scheduler = \"least_connections\"",
+            &[(a.addr, 1), (b.addr, 1)]
+        )
+    );
+    let _p = Proxy::start(&cfg, listen).await;
+    let mut on_a = None;
+    let mut others = Vec::new();
+    while on_a.is_none() {
+        let (banner, r) = tcp_banner(listen, None).await.unwrap();
+        if banner == a.addr.to_string() {
+            on_a = Some(r);
+        } else {
+            others.push(r);
+        }
+    }
+    let mut on_a = on_a.unwrap();
+    assert_eq!(
+        ctl(admin, None, &["remove", "tcp-svc", &a.addr.to_string()]).0,
+        0
+    );
+    for _ in 0..4 {
+        assert_eq!(
+            tcp_banner(listen, None).await.unwrap().0,
+            b.addr.to_string()
+        );
+    }
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    on_a.get_mut().write_all(b"still here\n").await.unwrap();
+    let mut line = String::new();
+    on_a.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "still here\n");
+    assert!(backends_of(admin, "tcp-svc")
+        .iter()
+        .any(|(n, _, r)| *n == a.addr.to_string() && *r));
+    drop(on_a);
+    let gone = eventually(Duration::from_secs(5), async || {
+        backends_of(admin, "tcp-svc").len() == 1
+    })
+    .await;
+    assert!(gone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_and_removed_backends_survive_a_restart_with_the_state_file() {
+    let (a, b, list) = two().await;
+    let c = HttpBackend::start().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("plugboard.state");
+    let cfg = format!(
+        "[admin]\nlisten = \"{admin}\"\nstate_file = \"{}\"\n\n{}",
+        state.display(),
+        service_toml("http", listen, "", &list)
+    );
+    {
+        let _p = Proxy::start(&cfg, listen).await;
+        assert_eq!(
+            ctl(
+                admin,
+                None,
+                &["add", "http-svc", &c.addr.to_string(), "--name", "c"]
+            )
+            .0,
+            0
+        );
+        assert_eq!(ctl(admin, None, &["weight", "http-svc", "c", "3"]).0, 0);
+        assert_eq!(
+            ctl(admin, None, &["remove", "http-svc", &a.addr.to_string()]).0,
+            0
+        );
+    }
+    let p = Proxy::start(&cfg, listen).await;
+    let (_, out, _) = ctl(admin, None, &["status"]);
+    assert_eq!(row(&out, "c")[5], "3", "{out}\n{}", p.log_text());
+    assert!(!out.contains(&a.addr.to_string()), "{out}");
+    let mut cl = Client::connect(listen).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        seen.insert(cl.get("/", &[]).await.unwrap().body);
+    }
+    assert_eq!(
+        seen,
+        [b.addr.to_string(), c.addr.to_string()]
+            .into_iter()
+            .collect()
+    );
+}

@@ -6,8 +6,10 @@
 //! | `GET /api/v1/services` | every service with its backends |
 //! | `GET /api/v1/services/{service}` | one service |
 //! | `PUT /api/v1/services/{service}/backends/{backend}` `{"state": "drain", "weight": 5}` | the service after the change |
+//! | `POST /api/v1/services/{service}/backends` `{"address": "10.0.0.5:80", "name": "fe05", "weight": 2}` | 201, the service with it |
+//! | `DELETE /api/v1/services/{service}/backends/{backend}` | 202, the service with it `removing` |
 //!
-//! Errors are `{"error": "..."}` with 400, 401, 404, 405 or 413. Every request that changes
+//! Errors are `{"error": "..."}` with 400, 401, 404, 405, 409 or 413. Every request that changes
 //! something, or is refused for its token, is logged with the client's address.
 
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
-use super::control::{BackendChange, Control, Refused};
+use super::control::{BackendChange, Control, NewBackend, Refused};
 
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -144,6 +146,32 @@ impl AdminApp {
                 tracing::info!(client = %peer(session), service = %s, backend = %b, state = ?change.state, weight = ?change.weight, ok = r.is_ok(), "admin API: backend change");
                 match r {
                     Ok(v) => json(200, &v),
+                    Err(e) => e.into(),
+                }
+            }
+            (&Method::POST, ["v1", "services", s, "backends"]) => {
+                let body = match Self::body(session).await {
+                    Ok(b) => b,
+                    Err(r) => return r,
+                };
+                let new: NewBackend = match serde_json::from_slice(&body) {
+                    Ok(c) => c,
+                    Err(e) => return error(400, format!("body: {e}")),
+                };
+                let s = decode(s);
+                let r = self.control.add_backend(&s, &new).await;
+                tracing::info!(client = %peer(session), service = %s, address = %new.address, name = ?new.name, weight = ?new.weight, ok = r.is_ok(), "admin API: backend added");
+                match r {
+                    Ok(v) => json(201, &v),
+                    Err(e) => e.into(),
+                }
+            }
+            (&Method::DELETE, ["v1", "services", s, "backends", b]) => {
+                let (s, b) = (decode(s), decode(b));
+                let r = self.control.remove_backend(&s, &b);
+                tracing::info!(client = %peer(session), service = %s, backend = %b, ok = r.is_ok(), "admin API: backend removed");
+                match r {
+                    Ok(v) => json(202, &v),
                     Err(e) => e.into(),
                 }
             }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::balance::balancer::Balancer;
 use crate::balance::pool::AdminState;
+use crate::config::BackendConfig;
 
 use super::state_file::StateFile;
 use super::view::ServiceView;
@@ -33,8 +34,21 @@ pub struct BackendChange {
     pub weight: Option<u32>,
 }
 
+/// A backend to add.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewBackend {
+    /// `IP:PORT`, `[IPv6]:PORT` or `host:port` (resolved now).
+    pub address: String,
+    pub name: Option<String>,
+    pub weight: Option<u32>,
+}
+
 /// Largest weight (as in the configuration).
 const MAX_WEIGHT: u32 = 256;
+
+/// How often a removed backend is looked at until its last request or connection ends.
+const REMOVAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The live services, and the file runtime changes are saved in.
 pub struct Control {
@@ -79,6 +93,12 @@ impl Control {
     ) -> Result<ServiceView, Refused> {
         let b = self.find(service)?;
         let i = find_backend(&b, backend)?;
+        if b.pool.get(i).removing() {
+            return Err(refused(
+                409,
+                format!("backend {backend:?} is being removed"),
+            ));
+        }
         let state = match &change.state {
             None => None,
             Some(s) => Some(AdminState::from_name(s).ok_or_else(|| {
@@ -105,6 +125,149 @@ impl Control {
             f.record(&b, i);
         }
         Ok(ServiceView::of(&b))
+    }
+}
+
+impl Control {
+    /// Adds a backend to `service`; it starts as the configuration's backends do (up, ready)
+    /// and takes traffic from the next request or connection.
+    pub async fn add_backend(
+        &self,
+        service: &str,
+        new: &NewBackend,
+    ) -> Result<ServiceView, Refused> {
+        let address = resolve(&new.address).await?;
+        let name = new.name.clone().unwrap_or_else(|| new.address.clone());
+        if !crate::config::valid_backend_name(&name) {
+            return Err(refused(
+                400,
+                format!(
+                    "name {name:?}: letters, digits and - _ . : [ ] only, at most {} characters",
+                    crate::config::MAX_NAME
+                ),
+            ));
+        }
+        let weight = new.weight.unwrap_or(1);
+        if weight > MAX_WEIGHT {
+            return Err(refused(
+                400,
+                format!("weight {weight}: at most {MAX_WEIGHT}"),
+            ));
+        }
+        let config = BackendConfig {
+            hostname: new
+                .address
+                .parse::<SocketAddr>()
+                .is_err()
+                .then(|| new.address.rsplit_once(':').map(|(h, _)| h.to_string()))
+                .flatten(),
+            name: name.clone(),
+            address,
+            weight,
+            enabled: true,
+        };
+        let mut file = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let b = self
+            .live
+            .update(service, |b| {
+                let cfg = b.config();
+                if let Some(c) = cfg
+                    .backends
+                    .iter()
+                    .find(|c| c.name == name || c.address == address)
+                {
+                    return Err(format!(
+                        "service {service:?} already has backend {:?} at {}",
+                        c.name, c.address
+                    ));
+                }
+                let mut list = cfg.backends.clone();
+                list.push(config.clone());
+                Ok(b.with_backends(list))
+            })
+            .map_err(|e| {
+                refused(
+                    if e.starts_with("no service") {
+                        404
+                    } else {
+                        409
+                    },
+                    e,
+                )
+            })?;
+        if let Some(f) = file.as_mut() {
+            f.record_added(service, &config);
+        }
+        Ok(ServiceView::of(&b))
+    }
+
+    /// Removes a backend from `service`: nothing new reaches it at once, and it leaves the
+    /// pool when its last request or connection ends (answered before that: the view shows
+    /// it `removing`).
+    pub fn remove_backend(
+        self: &Arc<Self>,
+        service: &str,
+        backend: &str,
+    ) -> Result<ServiceView, Refused> {
+        let b = self.find(service)?;
+        let i = find_backend(&b, backend)?;
+        let name = b.pool.get(i).name.clone();
+        {
+            let mut file = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            b.pool.set_removing(i);
+            if let Some(f) = file.as_mut() {
+                f.record_removed(&b, i);
+            }
+        }
+        let me = self.clone();
+        let service = service.to_string();
+        tokio::spawn(async move { me.finish_removal(&service, &name).await });
+        Ok(ServiceView::of(&b))
+    }
+
+    /// Waits until the removed backend has nothing in flight, then drops it from the pool.
+    async fn finish_removal(&self, service: &str, name: &str) {
+        loop {
+            let Some(b) = self.live.get(service) else {
+                return;
+            };
+            let Some(i) = b.pool.find_name(name) else {
+                return;
+            };
+            if b.pool.get(i).active() == 0 {
+                let r = self.live.update(service, |b| {
+                    let list = b
+                        .config()
+                        .backends
+                        .iter()
+                        .filter(|c| c.name != name)
+                        .cloned()
+                        .collect();
+                    Ok(b.with_backends(list))
+                });
+                match r {
+                    Ok(_) => tracing::info!(%service, backend = %name, "backend removed"),
+                    Err(e) => {
+                        tracing::error!(%service, backend = %name, "backend not removed: {e}")
+                    }
+                }
+                return;
+            }
+            tokio::time::sleep(REMOVAL_POLL).await;
+        }
+    }
+}
+
+/// An address as the configuration takes it: `IP:PORT` at once, a host name resolved now.
+async fn resolve(address: &str) -> Result<SocketAddr, Refused> {
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    match tokio::net::lookup_host(address).await {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| refused(400, format!("address {address:?} resolves to nothing"))),
+        Err(e) => Err(refused(400, format!("address {address:?}: {e}"))),
     }
 }
 

@@ -1,41 +1,55 @@
-//! Runtime changes saved to `[admin] state_file` and applied again at start: each changed
-//! backend's state and weight as the operator set them, with the configuration's `enabled`
-//! and `weight` at that time, so that a configuration edited since wins for that backend.
+//! Runtime changes saved to `[admin] state_file` and applied again at start: backends added
+//! or removed through the API, and each changed backend's state and weight. For a backend
+//! the configuration file defines, the entry keeps the file's `enabled` and `weight` of that
+//! time: if the file changed them since, or stopped (or started) defining the backend, the
+//! file wins and the entry is dropped.
 //!
 //! The file is JSON, rewritten whole (a temporary file renamed over it) after every change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::balance::balancer::Balancer;
 use crate::balance::pool::AdminState;
+use crate::config::{BackendConfig, Config};
+use crate::server::live::Live;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Saved {
-    /// Service name -> backend name -> what the operator set.
+    /// Service name -> backend name -> what the operator did.
     services: BTreeMap<String, BTreeMap<String, SavedBackend>>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct SavedBackend {
     state: String,
     weight: u32,
+    /// Added through the API at this address (the file does not define it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    added: Option<std::net::SocketAddr>,
+    /// Removed through the API (the file defines it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    removed: bool,
+    /// The file's values when the change was made (for backends the file defines).
+    #[serde(default)]
     config_enabled: bool,
+    #[serde(default)]
     config_weight: u32,
 }
 
 pub struct StateFile {
     path: PathBuf,
     saved: Saved,
+    /// The configuration file's backends, by service.
+    file: HashMap<String, Vec<BackendConfig>>,
 }
 
 impl StateFile {
     /// Reads the file; a missing one is empty. A file that cannot be read or parsed is an
     /// error: starting without the operator's changes would silently undo them.
-    pub fn open(path: &Path) -> Result<StateFile, String> {
+    pub fn open(path: &Path, cfg: &Config) -> Result<StateFile, String> {
         let saved = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| format!("admin.state_file {}: {e}", path.display()))?,
@@ -45,75 +59,180 @@ impl StateFile {
         Ok(StateFile {
             path: path.to_path_buf(),
             saved,
+            file: cfg
+                .services
+                .iter()
+                .map(|s| (s.name.clone(), s.backends.clone()))
+                .collect(),
         })
     }
 
-    /// Applies the saved changes to the services, except for backends that no longer exist
-    /// or whose `enabled` or `weight` the configuration changed since (those entries are
-    /// dropped, and logged).
-    pub fn apply(&mut self, balancers: &[Arc<Balancer>]) {
+    /// The file's definition of backend `name` of `service`.
+    fn in_file(&self, service: &str, name: &str) -> Option<&BackendConfig> {
+        self.file.get(service)?.iter().find(|c| c.name == name)
+    }
+
+    /// Applies the saved changes to the services (before they serve anyone). Entries that
+    /// no longer apply are dropped, and logged.
+    pub fn apply(&mut self, live: &Live) -> Result<(), String> {
         let mut dropped = false;
-        for (service, backends) in &mut self.saved.services {
-            let b = balancers.iter().find(|b| &b.config().name == service);
-            backends.retain(|name, saved| {
-                let found = b.and_then(|b| {
-                    let i = b.pool.find_name(name)?;
-                    let c = b.config().backends.iter().find(|c| &c.name == name)?;
-                    Some((b, i, c))
-                });
-                let Some((b, i, c)) = found else {
-                    tracing::info!(%service, backend = %name, "state file: backend no longer configured, entry dropped");
-                    dropped = true;
-                    return false;
+        let services: Vec<String> = self.saved.services.keys().cloned().collect();
+        for service in services {
+            let Some(b) = live.get(&service) else {
+                tracing::info!(%service, "state file: service no longer configured, entries dropped");
+                self.saved.services.remove(&service);
+                dropped = true;
+                continue;
+            };
+            let mut entries = self.saved.services.remove(&service).unwrap_or_default();
+            let mut list = b.config().backends.clone();
+            entries.retain(|name, e| {
+                let file = self.in_file(&service, name);
+                let keep = match (&e.added, file) {
+                    (Some(_), Some(_)) => false,
+                    (Some(address), None) => {
+                        list.push(BackendConfig {
+                            hostname: None,
+                            name: name.clone(),
+                            address: *address,
+                            weight: e.weight,
+                            enabled: true,
+                        });
+                        true
+                    }
+                    (None, Some(c)) => c.enabled == e.config_enabled && c.weight == e.config_weight,
+                    (None, None) => false,
                 };
-                if c.enabled != saved.config_enabled || c.weight != saved.config_weight {
+                if !keep {
                     tracing::info!(%service, backend = %name, "state file: the configuration changed this backend since, its values apply");
                     dropped = true;
-                    return false;
+                } else if e.removed {
+                    list.retain(|c| &c.name != name);
                 }
-                if let Some(s) = AdminState::from_name(&saved.state) {
+                keep
+            });
+            let b = if list.len() != b.config().backends.len()
+                || entries.values().any(|e| e.added.is_some())
+            {
+                live.update(&service, |b| Ok(b.with_backends(list)))?
+            } else {
+                b
+            };
+            for (name, e) in &entries {
+                let Some(i) = b.pool.find_name(name) else {
+                    continue;
+                };
+                if let Some(s) = AdminState::from_name(&e.state) {
                     b.pool.set_admin(i, s);
                 }
-                b.pool.set_weight(i, saved.weight.min(256));
-                tracing::info!(%service, backend = %name, state = %saved.state, weight = saved.weight, "state file: runtime change applied");
-                true
-            });
+                b.pool.set_weight(i, e.weight.min(256));
+            }
+            tracing::info!(%service, entries = entries.len(), "state file: runtime changes applied");
+            if !entries.is_empty() {
+                self.saved.services.insert(service, entries);
+            }
         }
-        self.saved.services.retain(|_, b| !b.is_empty());
         if dropped {
             self.write();
         }
+        Ok(())
     }
 
-    /// Records backend `i` of `b` as it is now, and writes the file.
+    /// Records backend `i` of `b`'s state and weight as they are now, and writes the file.
     pub fn record(&mut self, b: &Balancer, i: usize) {
         let be = b.pool.get(i);
         let service = &b.config().name;
-        let Some(c) = b.config().backends.iter().find(|c| c.name == be.name) else {
-            return;
-        };
-        let as_configured = (be.admin() == AdminState::Ready) == c.enabled
-            && be.admin() != AdminState::Drain
-            && be.weight() == c.weight;
+        let file = self.in_file(service, &be.name).cloned();
         let entries = self.saved.services.entry(service.clone()).or_default();
-        if as_configured {
-            entries.remove(&be.name);
-        } else {
-            entries.insert(
-                be.name.clone(),
-                SavedBackend {
-                    state: be.admin().name().to_string(),
-                    weight: be.weight(),
-                    config_enabled: c.enabled,
-                    config_weight: c.weight,
-                },
-            );
+        match (entries.get_mut(&be.name), file) {
+            (Some(e), _) if e.added.is_some() => {
+                e.state = be.admin().name().to_string();
+                e.weight = be.weight();
+            }
+            (_, Some(c)) => {
+                let as_configured = be.admin()
+                    == if c.enabled {
+                        AdminState::Ready
+                    } else {
+                        AdminState::Maint
+                    }
+                    && be.weight() == c.weight;
+                if as_configured {
+                    entries.remove(&be.name);
+                } else {
+                    entries.insert(
+                        be.name.clone(),
+                        SavedBackend {
+                            state: be.admin().name().to_string(),
+                            weight: be.weight(),
+                            added: None,
+                            removed: false,
+                            config_enabled: c.enabled,
+                            config_weight: c.weight,
+                        },
+                    );
+                }
+            }
+            (_, None) => {}
         }
-        self.saved.services.retain(|_, b| !b.is_empty());
         self.write();
     }
 
-    fn write(&self) {
+    /// Records a backend added to `service`.
+    pub fn record_added(&mut self, service: &str, c: &BackendConfig) {
+        let file = self.in_file(service, &c.name).cloned();
+        let entries = self.saved.services.entry(service.to_string()).or_default();
+        match file {
+            // A backend of the file, removed and added back as it was: nothing to remember.
+            Some(f) if f.address == c.address && f.weight == c.weight => {
+                entries.remove(&c.name);
+            }
+            _ => {
+                entries.insert(
+                    c.name.clone(),
+                    SavedBackend {
+                        state: AdminState::Ready.name().to_string(),
+                        weight: c.weight,
+                        added: Some(c.address),
+                        removed: false,
+                        config_enabled: true,
+                        config_weight: 0,
+                    },
+                );
+            }
+        }
+        self.write();
+    }
+
+    /// Records backend `i` of `b` as removed.
+    pub fn record_removed(&mut self, b: &Balancer, i: usize) {
+        let be = b.pool.get(i);
+        let service = &b.config().name;
+        let file = self.in_file(service, &be.name).cloned();
+        let entries = self.saved.services.entry(service.clone()).or_default();
+        match file {
+            None => {
+                entries.remove(&be.name);
+            }
+            Some(c) => {
+                entries.insert(
+                    be.name.clone(),
+                    SavedBackend {
+                        state: AdminState::Maint.name().to_string(),
+                        weight: be.weight(),
+                        added: None,
+                        removed: true,
+                        config_enabled: c.enabled,
+                        config_weight: c.weight,
+                    },
+                );
+            }
+        }
+        self.write();
+    }
+
+    fn write(&mut self) {
+        self.saved.services.retain(|_, b| !b.is_empty());
         let tmp = self.path.with_extension("tmp");
         let result = serde_json::to_vec_pretty(&self.saved)
             .map_err(std::io::Error::other)

@@ -32,6 +32,8 @@ pub struct BackendView {
     pub load: Option<u8>,
     /// Persistence entries pointing at it.
     pub pinned: u64,
+    /// Removed, waiting for its last request or connection to end.
+    pub removing: bool,
 }
 
 impl ServiceView {
@@ -65,6 +67,7 @@ impl BackendView {
             active: b.active(),
             load: b.load(),
             pinned,
+            removing: b.removing(),
         }
     }
 }

@@ -62,6 +62,8 @@ struct Live {
     oks: AtomicU32,
     /// Milliseconds since [`epoch`] when the backend last came up; u64::MAX = not ramping.
     up_since_ms: AtomicU64,
+    /// Removed at run time: it leaves the pool when its last request or connection ends.
+    removing: AtomicBool,
 }
 
 /// The process's clock origin for slow-start ramps (shared by every pool version).
@@ -93,6 +95,7 @@ impl Backend {
                 fails: AtomicU32::new(0),
                 oks: AtomicU32::new(0),
                 up_since_ms: AtomicU64::new(u64::MAX),
+                removing: AtomicBool::new(false),
             }),
         }
     }
@@ -143,6 +146,11 @@ impl Backend {
 
     pub fn weight(&self) -> u32 {
         self.live.weight.load(Relaxed)
+    }
+
+    /// Removed at run time, waiting for its last request or connection.
+    pub fn removing(&self) -> bool {
+        self.live.removing.load(Relaxed)
     }
 
     pub fn healthy(&self) -> bool {
@@ -367,6 +375,13 @@ impl Pool {
             }
             self.bump();
         }
+    }
+
+    /// Takes backend `i` out of service for good: nothing new reaches it (as `maint`), and
+    /// its owner drops it from the pool once its last request or connection ends.
+    pub fn set_removing(&self, i: usize) {
+        self.backends[i].live.removing.store(true, Relaxed);
+        self.set_admin(i, AdminState::Maint);
     }
 
     /// `set_admin` to ready or maint.

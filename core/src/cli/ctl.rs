@@ -40,6 +40,19 @@ enum CtlCommand {
         backend: String,
         weight: u32,
     },
+    /// Adds a backend at ADDRESS (IP:PORT or host:port).
+    Add {
+        service: String,
+        address: String,
+        /// Its name (default: the address as written).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Removes BACKEND: nothing new reaches it, and it leaves once its last request or
+    /// connection ends.
+    Remove { service: String, backend: String },
 }
 
 /// A failed call: the exit code and what to print.
@@ -83,6 +96,7 @@ fn call(args: &CtlArgs) -> Result<Value, Failed> {
             encode(b)
         )
     };
+    let backends_url = |s: &str| format!("{base}/api/v1/services/{}/backends", encode(s));
     let (method, url, body) = match &args.command {
         CtlCommand::Status => ("GET", format!("{base}/api/v1/services"), None),
         CtlCommand::Drain { service, backend } => (
@@ -109,6 +123,22 @@ fn call(args: &CtlArgs) -> Result<Value, Failed> {
             backend_url(service, backend),
             Some(format!(r#"{{"weight":{weight}}}"#)),
         ),
+        CtlCommand::Add {
+            service,
+            address,
+            name,
+            weight,
+        } => {
+            let mut body = serde_json::json!({ "address": address });
+            if let Some(n) = name {
+                body["name"] = n.as_str().into();
+            }
+            if let Some(w) = weight {
+                body["weight"] = (*w).into();
+            }
+            ("POST", backends_url(service), Some(body.to_string()))
+        }
+        CtlCommand::Remove { service, backend } => ("DELETE", backend_url(service, backend), None),
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -184,6 +214,9 @@ fn table(answer: &Value) -> String {
             let mut state = text("state");
             if b["agent_state"].as_str().is_some_and(|a| a != "ready") {
                 state = format!("{state} (agent: {})", text("agent_state"));
+            }
+            if b["removing"].as_bool() == Some(true) {
+                state = format!("{state} (removing)");
             }
             rows.push([
                 s["name"].as_str().unwrap_or("?").to_string(),

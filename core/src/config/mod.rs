@@ -26,7 +26,7 @@ use std::path::Path;
 
 pub use report::{line_col, ConfigError, ConfigErrors};
 pub use types::*;
-pub use units::MAX_DURATION;
+pub use units::{valid_backend_name, MAX_DURATION, MAX_NAME};
 
 use report::Reporter;
 

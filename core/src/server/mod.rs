@@ -181,8 +181,8 @@ impl Built {
             let state = match &admin.state_file {
                 None => None,
                 Some(path) => {
-                    let mut f = StateFile::open(path)?;
-                    f.apply(&self.balancers);
+                    let mut f = StateFile::open(path, cfg)?;
+                    f.apply(&live)?;
                     Some(f)
                 }
             };
