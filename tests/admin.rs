@@ -412,7 +412,10 @@ async fn backends_added_and_removed_under_load_fail_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // A long request on a, in flight while a is removed.
+    // A long request on a, in flight while a is removed: b is put in maintenance until it
+    // has started, so that it goes to a.
+    let (sa, sb) = (a.addr.to_string(), b.addr.to_string());
+    assert_eq!(ctl(admin, None, &["maint", "http-svc", &sb]).0, 0);
     let slow = tokio::spawn(async move {
         let mut c = Client::connect(listen).await.unwrap();
         let mut rs = Vec::new();
@@ -421,7 +424,13 @@ async fn backends_added_and_removed_under_load_fail_no_request() {
         }
         rs
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let on_a = eventually(Duration::from_secs(3), async || {
+        let (_, out, _) = ctl(admin, None, &["status"]);
+        row(&out, &sa)[7] != "0"
+    })
+    .await;
+    assert!(on_a, "the long request is in flight on a");
+    assert_eq!(ctl(admin, None, &["ready", "http-svc", &sb]).0, 0);
     let (code, _, err) = ctl(
         admin,
         None,
