@@ -25,10 +25,37 @@ impl Limit {
     }
 }
 
-/// The slots a connection holds (its service's and the process's).
+/// The slots a connection holds (its service's and the process's), and its place in its
+/// listener's count.
 pub struct Slots {
     _service: Option<OwnedSemaphorePermit>,
     _process: OwnedSemaphorePermit,
+    pub(crate) _present: Option<Present>,
+}
+
+/// Counts the connections a listener accepted that are still open (wherever they are: a
+/// task, the parking lot), so that a listener a reload dropped knows when it is done.
+#[derive(Clone, Default)]
+pub struct Tally(Arc<std::sync::atomic::AtomicUsize>);
+
+/// One connection in a [`Tally`], for as long as it lives.
+pub struct Present(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Tally {
+    pub fn enter(&self) -> Present {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Present(self.0.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Present {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The limits an accept loop obeys.
@@ -55,6 +82,7 @@ impl Limits {
         Slots {
             _service: service,
             _process: process,
+            _present: None,
         }
     }
 }

@@ -5,6 +5,10 @@
 //! (from `accept`, so nobody asks the kernel again) and its connection slots ([`Limits`]) to
 //! the service's handler.
 //!
+//! A listener stops when the server stops, or alone when a reload drops its address (its
+//! `stop` signal); connections already accepted are not touched either way. The limits are read
+//! at each accept, so a reload's new `max_connections` applies to the next connection.
+//!
 //! Accept errors are not fatal (as tokio's `TcpListener` documents): when the process is out
 //! of descriptors (EMFILE/ENFILE) or memory, the pending connection stays in the backlog and
 //! the loop sleeps [`BACKOFF`] before trying again, logging at most once a second, so it never
@@ -13,10 +17,13 @@
 use std::io;
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use pingora::server::ShutdownWatch;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::limits::{Limits, Slots};
+use super::limits::{Limits, Slots, Tally};
 use crate::observe::logging::RateLimit;
 
 /// Pending connections the kernel queues per listener (pingora's listener uses the same).
@@ -25,12 +32,12 @@ const BACKLOG: i32 = 65535;
 /// Pause after a failed accept.
 pub const BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Binds every address of a service; the error names the service and the address.
-pub fn bind(service: &str, addrs: &[SocketAddr]) -> Result<Vec<std::net::TcpListener>, String> {
-    addrs
-        .iter()
-        .map(|a| listen(*a).map_err(|e| format!("service {service}: cannot listen on {a}: {e}")))
-        .collect()
+/// Tells one listener to stop accepting (a reload dropped its address).
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Binds an address of a service; the error names the service and the address.
+pub fn bind(service: &str, addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    listen(addr).map_err(|e| format!("service {service}: cannot listen on {addr}: {e}"))
 }
 
 fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -46,38 +53,44 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Accepts on every socket until the server stops, within `limits`, calling `handle` for each
-/// connection (it should spawn the connection's task, which keeps the slots while the
-/// connection lives). Connections already accepted are not touched.
+/// Accepts on `socket` until the server stops or `stop` says so, within `limits`, calling
+/// `handle` for each connection (it should spawn the connection's task, which keeps the
+/// slots, and with them its place in `tally`, while the connection lives). The socket is
+/// closed when this returns.
 pub async fn serve(
     service: &str,
-    sockets: Vec<std::net::TcpListener>,
-    limits: Limits,
+    socket: std::net::TcpListener,
+    limits: Arc<ArcSwap<Limits>>,
+    tally: Tally,
     mut shutdown: ShutdownWatch,
-    handle: impl Fn(TcpStream, SocketAddr, Slots) + Clone + Send + 'static,
+    mut stop: Stop,
+    handle: impl Fn(TcpStream, SocketAddr, Slots) + Send + 'static,
 ) {
-    let mut loops = Vec::new();
-    for s in sockets {
-        match TcpListener::from_std(s) {
-            Ok(l) => loops.push(tokio::spawn(accept_loop(l, limits.clone(), handle.clone()))),
-            Err(e) => tracing::error!(service, "cannot register listener: {e}"),
+    let listener = match TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(service, "cannot register listener: {e}");
+            return;
         }
-    }
-    stopping(&mut shutdown).await;
-    for l in &loops {
-        l.abort();
+    };
+    tokio::select! {
+        () = accept_loop(listener, limits, tally, handle) => {}
+        () = stopping(&mut shutdown) => {}
+        _ = stop.wait_for(|s| *s) => {}
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    limits: Limits,
+    limits: Arc<ArcSwap<Limits>>,
+    tally: Tally,
     handle: impl Fn(TcpStream, SocketAddr, Slots),
 ) {
     let errors = RateLimit::default();
     loop {
         // Above a limit, new connections wait in the backlog.
-        let slots = limits.acquire().await;
+        let mut slots = limits.load_full().acquire().await;
+        slots._present = Some(tally.enter());
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {

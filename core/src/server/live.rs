@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::balance::balancer::Balancer;
 use crate::proxy::http::phases::{Route, Routes};
-use crate::proxy::tcp::{Conns, Target};
+use crate::proxy::tcp::Conns;
 
 /// An http listen address: its services, in file order, and its route table.
 struct HttpFront {
@@ -31,6 +31,8 @@ pub struct Live {
     tcp: Vec<TcpFront>,
     /// Bumped after every change (the health checks restart their loops on it).
     changed: tokio::sync::watch::Sender<u64>,
+    /// Starts and stops listeners (a reload).
+    frontends: Option<super::frontends::FrontendsHandle>,
     /// One change at a time.
     writer: Mutex<()>,
 }
@@ -42,6 +44,7 @@ impl Live {
             http: Vec::new(),
             tcp: Vec::new(),
             changed: tokio::sync::watch::channel(0).0,
+            frontends: None,
             writer: Mutex::new(()),
         }
     }
@@ -54,6 +57,11 @@ impl Live {
     /// Registers the listener of tcp service `service` (while building).
     pub fn add_tcp(&mut self, service: String, conns: Arc<Conns>) {
         self.tcp.push(TcpFront { service, conns });
+    }
+
+    /// The running listeners (while building).
+    pub fn set_frontends(&mut self, handle: super::frontends::FrontendsHandle) {
+        self.frontends = Some(handle);
     }
 
     /// Every service, in file order.
@@ -109,11 +117,11 @@ impl Live {
                 .iter()
                 .map(|s| Route::new(find(s).expect("a service of this address")))
                 .collect::<Result<Vec<_>, _>>()?;
-            http.push((f, Routes::new(routes)));
+            http.push((f, Routes::new(routes, f.routes.load().tls())));
         }
         let mut tcp = Vec::new();
         for f in self.tcp.iter().filter(|f| f.service == service) {
-            tcp.push((f, Target::new(new.clone())?));
+            tcp.push((f, f.conns.target().with_balancer(new.clone())?));
         }
         for (f, routes) in http {
             f.routes.store(Arc::new(routes));

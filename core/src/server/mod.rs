@@ -21,14 +21,16 @@ use crate::health::HealthService;
 use crate::io::limits::{self, Limit, Limits};
 use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::plugin::registry::Registry;
-use crate::proxy::http::listener::{HttpListener, Timeouts};
+use crate::proxy::http::listener::{HttpListener, Settings, Timeouts};
 use crate::proxy::http::phases::{HttpService, Route, Routes};
-use crate::proxy::tcp::TcpService;
+use crate::proxy::tcp::{Conns, Target, TcpListenerUnit};
 use crate::tls;
 use crate::tls::server::CertStore;
 
+pub mod frontends;
 pub mod live;
 
+use frontends::{Frontends, Unit};
 use live::Live;
 
 /// What a configuration builds before anything listens.
@@ -100,6 +102,7 @@ impl Built {
             process: process.clone(),
         };
         let mut live = Live::new(self.balancers.clone());
+        let (mut frontends, handle) = Frontends::new(cfg.proxy.threads);
         let mut cert_stores = Vec::new();
         for b in self
             .balancers
@@ -107,7 +110,6 @@ impl Built {
             .filter(|b| b.config().mode == Mode::Tcp)
         {
             let s = b.config();
-            let name = format!("{} (tcp)", s.name);
             let front = match &s.tls {
                 None => None,
                 Some(t) => {
@@ -116,9 +118,14 @@ impl Built {
                     Some(tls::server::server_config(t, store)?)
                 }
             };
-            let svc = TcpService::bind(name, &s.listen, b.clone(), limits(s), front)?;
-            live.add_tcp(s.name.clone(), svc.conns());
-            server.add_service(svc);
+            let conns = Conns::new(Target::new(b.clone(), front)?);
+            let limits = Arc::new(ArcSwap::from_pointee(limits(s)));
+            for addr in &s.listen {
+                let name = format!("{} (tcp {addr})", s.name);
+                let unit = TcpListenerUnit::bind(name, *addr, conns.clone(), limits.clone())?;
+                frontends.add(*addr, Unit::Tcp(unit));
+            }
+            live.add_tcp(s.name.clone(), conns);
         }
         // One listener per http address, serving every service that listens there.
         for (addr, on) in http_addresses(&self.balancers) {
@@ -132,13 +139,15 @@ impl Built {
                 .iter()
                 .map(|b| Route::new(b.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let routes = Arc::new(ArcSwap::from_pointee(Routes::new(routes)));
+            let routes = Arc::new(ArcSwap::from_pointee(Routes::new(
+                routes,
+                lead.tls.is_some(),
+            )));
             live.add_http(
                 names.iter().map(|n| n.to_string()).collect(),
                 routes.clone(),
             );
-            let proxy =
-                pingora::proxy::http_proxy(&conf, HttpService::new(routes, lead.tls.is_some()));
+            let proxy = pingora::proxy::http_proxy(&conf, HttpService::new(routes));
             let timeouts = Timeouts {
                 idle: lead.idle_timeout,
                 header: lead.header_timeout,
@@ -151,15 +160,17 @@ impl Built {
                     Some(tls::server::server_config(t, store)?)
                 }
             };
-            server.add_service(HttpListener::bind(
+            let unit = HttpListener::bind(
                 format!("{} (http {addr})", names.join(", ")),
-                &[addr],
+                addr,
                 proxy,
-                timeouts,
+                Settings { timeouts, tls },
                 limits(lead),
-                tls,
-            )?);
+            )?;
+            frontends.add(addr, Unit::Http(unit));
         }
+        server.add_service(frontends);
+        live.set_frontends(handle);
         if !cert_stores.is_empty() {
             let watcher = tls::watch::watch(cert_stores)?;
             server.add_service(background_service(

@@ -25,7 +25,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use arc_swap::ArcSwap;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
@@ -33,15 +33,14 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::l4::virt::VirtualSocketStream;
 use pingora::protocols::{SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
-use pingora::server::{ListenFds, ShutdownWatch};
-use pingora::services::Service;
+use pingora::server::ShutdownWatch;
 use tokio::net::TcpStream;
 
 use rustls::ServerConfig;
 
 use super::client_socket::{Client, ClientSocket};
 use super::phases::HttpService;
-use crate::io::limits::{Limits, Slots};
+use crate::io::limits::{Limits, Slots, Tally};
 use crate::io::listener::{self, stopping};
 use crate::io::parking::{LotWatcher, ParkingLot, PARK_AFTER};
 use crate::tls::session::TlsSession;
@@ -59,100 +58,101 @@ pub struct Timeouts {
     pub header: Duration,
 }
 
-/// The listening service of one `mode = "http"` service.
-pub struct HttpListener {
-    name: String,
-    sockets: Vec<std::net::TcpListener>,
-    proxy: Arc<HttpProxy<HttpService>>,
-    timeouts: Timeouts,
-    limits: Limits,
-    tls: Option<Arc<ServerConfig>>,
-    lot: Option<(ParkingLot<Conn>, LotWatcher<Conn>)>,
+/// What a reload may change about a listen address. A connection takes the settings current
+/// when its task starts (at accept, and again when it leaves the parking lot).
+pub struct Settings {
+    pub timeouts: Timeouts,
+    /// Clients speak TLS.
+    pub tls: Option<Arc<ServerConfig>>,
 }
 
-/// What every connection of a service needs.
+/// The listener of one http listen address (serving every service that shares it).
+pub struct HttpListener {
+    name: String,
+    socket: std::net::TcpListener,
+    proxy: Arc<HttpProxy<HttpService>>,
+    settings: Arc<ArcSwap<Settings>>,
+    limits: Arc<ArcSwap<Limits>>,
+    lot: (ParkingLot<Conn>, LotWatcher<Conn>),
+}
+
+/// Replaces a running listener's settings and limits (a reload that keeps its address).
+#[derive(Clone)]
+pub struct HttpHandle {
+    pub settings: Arc<ArcSwap<Settings>>,
+    pub limits: Arc<ArcSwap<Limits>>,
+}
+
+/// What every connection of an address needs.
 struct Shared {
     proxy: Arc<HttpProxy<HttpService>>,
-    timeouts: Timeouts,
-    keepalive_secs: u64,
+    settings: Arc<ArcSwap<Settings>>,
     /// The server's: the proxy reads it to stop keep-alive while shutting down, and waiting
     /// connections and the parking lot watch it (a tokio watch, whose waiters are already
     /// spread over shards).
     shutdown: ShutdownWatch,
     lot: ParkingLot<Conn>,
-    /// Clients speak TLS.
-    tls: Option<Arc<ServerConfig>>,
 }
 
 impl HttpListener {
-    /// Binds every address now, so that a busy or forbidden address is an error at start-up
-    /// naming the service, not a log line after it.
+    /// Binds the address now, so that a busy or forbidden address is an error at start-up
+    /// (or reload) naming the service, not a log line after it.
     pub fn bind(
         name: String,
-        addrs: &[SocketAddr],
+        addr: SocketAddr,
         mut proxy: HttpProxy<HttpService>,
-        timeouts: Timeouts,
+        settings: Settings,
         limits: Limits,
-        tls: Option<Arc<ServerConfig>>,
     ) -> Result<Self, String> {
-        let sockets = listener::bind(&name, addrs)?;
+        let socket = listener::bind(&name, addr)?;
         let lot = ParkingLot::new()
             .map_err(|e| format!("service {name}: cannot make an epoll set: {e}"))?;
-        if tls
-            .as_ref()
-            .is_some_and(|t| t.alpn_protocols.iter().any(|p| p == b"h2"))
-        {
-            // Connections that negotiated h2 enter pingora through `process_new`, which
-            // starts HTTP/2 on a stream without TLS of its own when h2c is on.
-            let mut o = pingora::apps::HttpServerOptions::default();
-            o.h2c = true;
-            o.h2_idle_timeout = Some(timeouts.idle);
-            proxy.server_options = Some(o);
-        }
+        // Connections that negotiated h2 enter pingora through `process_new`, which starts
+        // HTTP/2 on a stream without TLS of its own when h2c is on (plaintext HTTP/1 clients
+        // never take that path).
+        let mut o = pingora::apps::HttpServerOptions::default();
+        o.h2c = true;
+        o.h2_idle_timeout = Some(settings.timeouts.idle);
+        proxy.server_options = Some(o);
         Ok(HttpListener {
             name,
-            sockets,
+            socket,
             proxy: Arc::new(proxy),
-            timeouts,
-            limits,
-            tls,
-            lot: Some(lot),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            limits: Arc::new(ArcSwap::from_pointee(limits)),
+            lot,
         })
     }
-}
 
-#[async_trait]
-impl Service for HttpListener {
-    /// `_fds` is pingora's hand-over of listening sockets for a zero-downtime binary upgrade,
-    /// which Plugboard does not offer (yet); the sockets were bound in [`HttpListener::bind`].
-    async fn start_service(
-        &mut self,
-        _fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        _listeners_per_fd: usize,
-    ) {
-        let Some((lot, watcher)) = self.lot.take() else {
-            return;
-        };
+    pub fn handle(&self) -> HttpHandle {
+        HttpHandle {
+            settings: self.settings.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+
+    /// Accepts and serves until the server stops or `stop` says so. Connections already
+    /// accepted carry on either way; `tally` counts them.
+    pub async fn run(self, shutdown: ShutdownWatch, stop: listener::Stop, tally: Tally) {
+        let (lot, watcher) = self.lot;
         let shared = Arc::new(Shared {
             proxy: self.proxy.clone(),
-            timeouts: self.timeouts,
-            keepalive_secs: self.timeouts.idle.as_secs().max(1),
+            settings: self.settings,
             shutdown: shutdown.clone(),
             lot,
-            tls: self.tls.clone(),
         });
         let woken = shared.clone();
         watcher.start(shutdown.clone(), move |tcp, conn| {
             tokio::spawn(serve(tcp, conn, true, woken.clone()));
         });
         let accepted = shared.clone();
-        let sockets = std::mem::take(&mut self.sockets);
         listener::serve(
             &self.name,
-            sockets,
-            self.limits.clone(),
-            shutdown,
+            self.socket,
+            self.limits,
+            tally,
+            shutdown.clone(),
+            stop,
             move |tcp, peer, slots| {
                 let conn = Conn {
                     peer,
@@ -165,11 +165,10 @@ impl Service for HttpListener {
             },
         )
         .await;
-        shared.proxy.http_cleanup().await;
-    }
-
-    fn name(&self) -> &str {
-        &self.name
+        if *shutdown.borrow() {
+            // Requests waiting inside pingora for a kept-alive client's next bytes give up.
+            shared.proxy.http_cleanup().await;
+        }
     }
 }
 
@@ -192,9 +191,12 @@ struct Conn {
 /// [`PARK_AFTER`] of silence the connection leaves this task for the parking lot. `ready`: the
 /// client has already spoken (woken from the lot).
 async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shared>) {
-    let tls = match (&shared.tls, conn.tls.take()) {
+    let settings = shared.settings.load_full();
+    let timeouts = settings.timeouts;
+    let keepalive_secs = timeouts.idle.as_secs().max(1);
+    let tls = match (&settings.tls, conn.tls.take()) {
         (Some(config), None) => {
-            let Some(session) = handshake(&tcp, config, &conn, &shared).await else {
+            let Some(session) = handshake(&tcp, config, &conn, timeouts).await else {
                 return;
             };
             if session.alpn_protocol() == Some(b"h2") {
@@ -214,12 +216,12 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
         pipelined = (pipelined || client.read_after_header())
             && conn.settings.as_ref().is_some_and(has_pipelined_prefix);
         if !ready && !pipelined && !tls_has_request(&client) {
-            match wait_for_request(&client, &conn, &shared, &mut shutdown).await {
+            match wait_for_request(&client, &conn, timeouts, &mut shutdown).await {
                 Wait::Request => {}
                 Wait::Close => return,
                 Wait::Park => {
                     if let Ok(client) = Arc::try_unwrap(client) {
-                        let deadline = conn.idle_since + shared.timeouts.idle;
+                        let deadline = conn.idle_since + timeouts.idle;
                         let (tcp, tls) = client.into_parts();
                         conn.tls = tls;
                         shared.lot.park(tcp, deadline, conn);
@@ -229,13 +231,13 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
             }
         }
         ready = false;
-        let header_deadline = Instant::now() + shared.timeouts.header;
+        let header_deadline = Instant::now() + timeouts.header;
         client.start_request(!pipelined);
         let mut session = ServerSession::new_http1(client_stream(&client, conn.peer));
         match conn.settings.take() {
             Some(s) => s.apply_to_session(&mut session),
             None => {
-                session.set_keepalive(Some(shared.keepalive_secs));
+                session.set_keepalive(Some(keepalive_secs));
                 session.set_pipelining_enabled(true);
             }
         }
@@ -272,10 +274,10 @@ async fn handshake(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,
     conn: &Conn,
-    shared: &Shared,
+    timeouts: Timeouts,
 ) -> Option<Box<TlsSession>> {
     let mut session = Box::new(TlsSession::new(config.clone()).ok()?);
-    let deadline = Instant::now() + shared.timeouts.header;
+    let deadline = Instant::now() + timeouts.header;
     match session.handshake(tcp, deadline).await {
         Ok(()) => Some(session),
         Err(e) => {
@@ -369,13 +371,13 @@ enum Wait {
 async fn wait_for_request(
     client: &Client,
     conn: &Conn,
-    shared: &Shared,
+    timeouts: Timeouts,
     shutdown: &mut ShutdownWatch,
 ) -> Wait {
     let tcp = &client.tcp;
     // A TLS client's socket was read by the handshake, so its readiness is exact.
     let fresh = conn.settings.is_none() && client.tls().is_none();
-    let close_at = conn.idle_since + shared.timeouts.idle;
+    let close_at = conn.idle_since + timeouts.idle;
     let park_at = conn.idle_since + PARK_AFTER;
     tokio::select! {
         biased;

@@ -80,12 +80,22 @@ fn peer(cfg: &ServiceConfig, b: &crate::config::BackendConfig) -> Result<HttpPee
 pub struct Routes {
     routes: Vec<Route>,
     router: Router,
+    /// Clients speak TLS to this address (`X-Forwarded-Proto: https`).
+    tls: bool,
 }
 
 impl Routes {
-    pub fn new(routes: Vec<Route>) -> Routes {
+    pub fn new(routes: Vec<Route>, tls: bool) -> Routes {
         let router = Router::new(routes.iter().map(|r| r.balancer.config().route.clone()));
-        Routes { routes, router }
+        Routes {
+            routes,
+            router,
+            tls,
+        }
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 }
 
@@ -94,13 +104,11 @@ pub struct HttpService {
     /// Replaced whole (by whoever else holds it) when a service of the address changes:
     /// requests from then on use the new table, those in flight finish on theirs.
     current: Arc<ArcSwap<Routes>>,
-    /// Clients speak TLS to this address (`X-Forwarded-Proto: https`).
-    tls: bool,
 }
 
 impl HttpService {
-    pub fn new(current: Arc<ArcSwap<Routes>>, tls: bool) -> Self {
-        HttpService { current, tls }
+    pub fn new(current: Arc<ArcSwap<Routes>>) -> Self {
+        HttpService { current }
     }
 }
 
@@ -258,7 +266,7 @@ impl ProxyHttp for HttpService {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = addr.ip().to_string();
@@ -276,7 +284,8 @@ impl ProxyHttp for HttpService {
             upstream.insert_header("x-forwarded-for", value)?;
         }
         // Set, not appended: a client must not be able to claim a scheme it did not use.
-        upstream.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        let tls = ctx.table.as_ref().is_some_and(|t| t.tls);
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         Ok(())
     }
 

@@ -17,9 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::server::{ListenFds, ShutdownWatch};
-use pingora::services::Service;
+use pingora::server::ShutdownWatch;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -29,38 +27,41 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::balance::balancer::Balancer;
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::config::Mode;
-use crate::io::limits::Limits;
+use crate::io::limits::{Limits, Tally};
 use crate::io::listener;
 use relay::relay;
 
 /// The largest first message a hook may ask to see.
 pub const MAX_INSPECT_BYTES: usize = 16 * 1024;
 
-/// The listening service of one `mode = "tcp"` service.
-pub struct TcpService {
+/// The listener of one address of a `mode = "tcp"` service.
+pub struct TcpListenerUnit {
     name: String,
-    sockets: Vec<std::net::TcpListener>,
+    socket: std::net::TcpListener,
     conns: Arc<Conns>,
-    limits: Limits,
+    limits: Arc<ArcSwap<Limits>>,
 }
 
-/// What every connection of a tcp service needs.
+/// What every connection of a tcp service needs (shared by its addresses).
 pub struct Conns {
     /// The service as it is now; a connection keeps the version it started with.
     current: ArcSwap<Target>,
-    /// Terminates the clients' TLS.
-    front: Option<TlsAcceptor>,
 }
 
-/// One version of the service: its balancer, and TLS towards its backends (with each
-/// backend's server name, by index).
+/// One version of the service: its balancer, TLS towards its clients, and TLS towards its
+/// backends (with each backend's server name, by index).
 pub struct Target {
     balancer: Arc<Balancer>,
+    /// Terminates the clients' TLS.
+    front: Option<TlsAcceptor>,
     back: Option<(TlsConnector, Vec<ServerName<'static>>)>,
 }
 
 impl Target {
-    pub fn new(balancer: Arc<Balancer>) -> Result<Target, String> {
+    pub fn new(
+        balancer: Arc<Balancer>,
+        front: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Target, String> {
         let cfg = balancer.config();
         let back = match &cfg.backend_tls {
             None => None,
@@ -74,71 +75,106 @@ impl Target {
                 Some((TlsConnector::from(config), names))
             }
         };
-        Ok(Target { balancer, back })
+        Ok(Target {
+            balancer,
+            front: front.map(TlsAcceptor::from),
+            back,
+        })
+    }
+
+    /// The same client TLS with another balancer (backends added or removed).
+    pub fn with_balancer(&self, balancer: Arc<Balancer>) -> Result<Target, String> {
+        let mut t = Target::new(balancer, None)?;
+        t.front = self.front.clone();
+        Ok(t)
     }
 }
 
 impl Conns {
+    pub fn new(target: Target) -> Arc<Conns> {
+        Arc::new(Conns {
+            current: ArcSwap::from_pointee(target),
+        })
+    }
+
+    pub fn target(&self) -> Arc<Target> {
+        self.current.load_full()
+    }
+
     /// New connections use `target` from now on.
     pub fn set_target(&self, target: Target) {
         self.current.store(Arc::new(target));
     }
 }
 
-impl TcpService {
-    /// Binds every address now, so that a busy or forbidden address is an error at start-up.
+impl TcpListenerUnit {
+    /// Binds the address now, so that a busy or forbidden address is an error at start-up
+    /// (or reload).
     pub fn bind(
         name: String,
-        addrs: &[SocketAddr],
-        balancer: Arc<Balancer>,
-        limits: Limits,
-        front: Option<Arc<rustls::ServerConfig>>,
+        addr: SocketAddr,
+        conns: Arc<Conns>,
+        limits: Arc<ArcSwap<Limits>>,
     ) -> Result<Self, String> {
-        Ok(TcpService {
-            sockets: listener::bind(&name, addrs)?,
+        Ok(TcpListenerUnit {
+            socket: listener::bind(&name, addr)?,
             name,
-            conns: Arc::new(Conns {
-                current: ArcSwap::from_pointee(Target::new(balancer)?),
-                front: front.map(TlsAcceptor::from),
-            }),
+            conns,
             limits,
         })
     }
 
-    /// The handle that replaces the service's version.
-    pub fn conns(&self) -> Arc<Conns> {
-        self.conns.clone()
+    /// Accepts until the server stops or `stop` says so; connections carry on either way
+    /// (the server ends them after its grace period).
+    pub async fn run(self, shutdown: ShutdownWatch, stop: listener::Stop, tally: Tally) {
+        let conns = self.conns;
+        listener::serve(
+            &self.name,
+            self.socket,
+            self.limits,
+            tally,
+            shutdown,
+            stop,
+            move |tcp, peer, slots| {
+                let target = conns.target();
+                tokio::spawn(async move {
+                    target.serve(tcp, peer).await;
+                    drop(slots);
+                });
+            },
+        )
+        .await;
     }
+}
 
-    /// Reads the client's first bytes until the hook is satisfied, the client stops sending,
-    /// or the inspect timeout passes. Returns the bytes read (all of them are forwarded).
-    async fn inspect<S: AsyncRead + Unpin>(
-        balancer: &Balancer,
-        client: &mut S,
-        req: &Request<'_>,
-    ) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(1024);
-        let deadline = tokio::time::Instant::now() + balancer.config().inspect_timeout;
-        let mut chunk = [0u8; 2048];
-        loop {
-            let read = tokio::time::timeout_at(deadline, client.read(&mut chunk)).await;
-            match read {
-                Ok(Ok(n)) if n > 0 => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if buf.len() >= MAX_INSPECT_BYTES {
-                        return buf;
-                    }
-                    let r = Request {
-                        payload: &buf,
-                        ..*req
-                    };
-                    if balancer.key(&r) != KeyOutcome::NeedMore {
-                        return buf;
-                    }
+/// Reads the client's first bytes until the hook is satisfied, the client stops sending,
+/// or the inspect timeout passes. Returns the bytes read (all of them are forwarded).
+async fn inspect<S: AsyncRead + Unpin>(
+    balancer: &Balancer,
+    client: &mut S,
+    req: &Request<'_>,
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + balancer.config().inspect_timeout;
+    let mut chunk = [0u8; 2048];
+    loop {
+        let read = tokio::time::timeout_at(deadline, client.read(&mut chunk)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() >= MAX_INSPECT_BYTES {
+                    return buf;
                 }
-                // EOF, error or timeout: balance with what we have.
-                _ => return buf,
+                let r = Request {
+                    payload: &buf,
+                    ..*req
+                };
+                if balancer.key(&r) != KeyOutcome::NeedMore {
+                    return buf;
+                }
             }
+            // EOF, error or timeout: balance with what we have.
+            _ => return buf,
         }
     }
 }
@@ -164,59 +200,22 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(tcp)
 }
 
-#[async_trait]
-impl Service for TcpService {
-    /// `_fds`: see [`crate::http_listener::HttpListener`]; the sockets were bound in
-    /// [`TcpService::bind`].
-    async fn start_service(
-        &mut self,
-        _fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        _listeners_per_fd: usize,
-    ) {
-        let conns = self.conns.clone();
-        let sockets = std::mem::take(&mut self.sockets);
-        // Relays already running are left to finish; the server ends them after its grace period.
-        listener::serve(
-            &self.name,
-            sockets,
-            self.limits.clone(),
-            shutdown,
-            move |tcp, peer, slots| {
-                let c = conns.clone();
-                tokio::spawn(async move {
-                    c.serve(tcp, peer).await;
-                    drop(slots);
-                });
-            },
-        )
-        .await;
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl Conns {
+impl Target {
     /// One client connection: TLS termination if configured, then the proxying.
     async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
-        let target = self.current.load_full();
         let Some(front) = &self.front else {
-            return target.proxy(tcp, peer).await;
+            return self.proxy(tcp, peer).await;
         };
-        let timeout = target.balancer.config().inspect_timeout;
+        let timeout = self.balancer.config().inspect_timeout;
         match tokio::time::timeout(timeout, front.accept(tcp)).await {
-            Ok(Ok(tls)) => target.proxy(tls, peer).await,
+            Ok(Ok(tls)) => self.proxy(tls, peer).await,
             Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
             Err(_) => {
                 tracing::debug!(client = %peer, "TLS handshake not done within inspect_timeout")
             }
         }
     }
-}
 
-impl Target {
     /// From the client's first bytes to the end of the relay.
     async fn proxy<C: ClientStream>(&self, mut client: C, peer: SocketAddr) {
         let b = &self.balancer;
@@ -230,7 +229,7 @@ impl Target {
             key: None,
         };
         let payload = if b.wants_payload() {
-            TcpService::inspect(b, &mut client, &base).await
+            inspect(b, &mut client, &base).await
         } else {
             Vec::new()
         };

@@ -1,0 +1,192 @@
+//! Every listener of the process, managed by one pingora service. Listeners start and stop
+//! while it runs: a reload binds new addresses and releases dropped ones (pingora itself
+//! cannot add a service once started).
+//!
+//! Each listener runs on its own runtime of `threads` workers, as pingora gives each of its
+//! services: a plugin call that holds a worker up to its deadline then delays only the
+//! connections of its own address, never those of another service. A stopped listener's
+//! runtime lives on until the last connection it accepted has ended.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::Service;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::io::limits::Tally;
+use crate::io::listener::stopping;
+use crate::proxy::http::listener::HttpListener;
+use crate::proxy::tcp::TcpListenerUnit;
+
+/// The listener of one address.
+pub enum Unit {
+    Http(HttpListener),
+    Tcp(TcpListenerUnit),
+}
+
+enum Command {
+    Start(SocketAddr, Unit),
+    /// Stop accepting on the address; the sender is told once its socket is closed.
+    Stop(SocketAddr, oneshot::Sender<()>),
+}
+
+/// The listeners, as a pingora service.
+pub struct Frontends {
+    initial: Vec<(SocketAddr, Unit)>,
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
+    /// Worker threads of each listener's runtime.
+    threads: usize,
+}
+
+/// Starts and stops listeners of a running [`Frontends`].
+#[derive(Clone)]
+pub struct FrontendsHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Frontends {
+    pub fn new(threads: usize) -> (Frontends, FrontendsHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Frontends {
+                initial: Vec::new(),
+                commands: Some(rx),
+                threads,
+            },
+            FrontendsHandle { tx },
+        )
+    }
+
+    /// A listener to start with the server.
+    pub fn add(&mut self, addr: SocketAddr, unit: Unit) {
+        self.initial.push((addr, unit));
+    }
+}
+
+impl FrontendsHandle {
+    pub fn start(&self, addr: SocketAddr, unit: Unit) {
+        let _ = self.tx.send(Command::Start(addr, unit));
+    }
+
+    /// Stops the listener of `addr` and waits until its socket is closed (connections it
+    /// accepted carry on).
+    pub async fn stop(&self, addr: SocketAddr) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Stop(addr, done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// A running listener: its stop signal, and what resolves once its socket is closed.
+type Running = (watch::Sender<bool>, oneshot::Receiver<()>);
+
+/// How often a stopped listener looks whether its last connection has ended.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Starts `unit` on a runtime of its own, on a thread that keeps the runtime until the
+/// listener has stopped and every connection it accepted has ended (or the server stops).
+fn spawn(addr: SocketAddr, unit: Unit, threads: usize, shutdown: &ShutdownWatch) -> Running {
+    let (stop, stopped) = watch::channel(false);
+    let (closed, on_closed) = oneshot::channel();
+    let mut shutdown = shutdown.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(format!("listener {addr}"))
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(%addr, "cannot start the listener's runtime: {e}");
+            let _ = closed.send(());
+            return (stop, on_closed);
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name(format!("listener {addr}"))
+        .spawn(move || {
+            let tally = Tally::default();
+            runtime.block_on(async {
+                match unit {
+                    Unit::Http(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
+                    Unit::Tcp(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
+                }
+                let _ = closed.send(());
+                // Stopped by a reload: the connections finish on this runtime.
+                while tally.count() > 0 && !*shutdown.borrow() {
+                    tokio::select! {
+                        () = tokio::time::sleep(DRAIN_POLL) => {}
+                        () = stopping(&mut shutdown) => {}
+                    }
+                }
+            });
+            if *shutdown.borrow() {
+                // The server ends the connections after its grace period; keep serving them
+                // until the process exits.
+                runtime.block_on(std::future::pending::<()>());
+            }
+            runtime.shutdown_background();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(%addr, "cannot start the listener's thread: {e}");
+    }
+    (stop, on_closed)
+}
+
+#[async_trait]
+impl Service for Frontends {
+    /// `_fds` is pingora's hand-over of listening sockets for a zero-downtime binary upgrade,
+    /// which Plugboard does not offer (yet): the sockets are bound when the listeners are made.
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let Some(mut commands) = self.commands.take() else {
+            return;
+        };
+        let threads = self.threads;
+        let mut running: HashMap<SocketAddr, Running> = HashMap::new();
+        for (addr, unit) in self.initial.drain(..) {
+            running.insert(addr, spawn(addr, unit, threads, &shutdown));
+        }
+        let mut open = true;
+        loop {
+            tokio::select! {
+                c = commands.recv(), if open => match c {
+                    Some(Command::Start(addr, unit)) => {
+                        running.insert(addr, spawn(addr, unit, threads, &shutdown));
+                    }
+                    Some(Command::Stop(addr, done)) => match running.remove(&addr) {
+                        Some((stop, closed)) => {
+                            let _ = stop.send(true);
+                            tokio::spawn(async move {
+                                let _ = closed.await;
+                                let _ = done.send(());
+                            });
+                        }
+                        None => {
+                            let _ = done.send(());
+                        }
+                    },
+                    // Nobody can start or stop listeners any more: serve until shutdown.
+                    None => open = false,
+                },
+                () = stopping(&mut shutdown) => break,
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        "listeners"
+    }
+
+    /// Managing listeners takes one thread; each listener has its own runtime.
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+}
