@@ -7,26 +7,10 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// Runs `plugboard ctl --admin http://ADMIN [--token-file F] ARGS`: exit code, stdout, stderr.
-fn ctl(admin: SocketAddr, token_file: Option<&Path>, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["ctl", "--admin", &format!("http://{admin}")]);
-    if let Some(t) = token_file {
-        cmd.arg("--token-file").arg(t);
-    }
-    let out = cmd.args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// The status table's row of `backend`, split into columns.
 fn row(table: &str, backend: &str) -> Vec<String> {
@@ -383,10 +367,7 @@ async fn backends_added_and_removed_under_load_fail_no_request() {
     let (a, b, list) = two().await;
     let c = HttpBackend::start().await;
     let (listen, admin) = (free_addr(), free_addr());
-    let cfg = format!(
-        "[admin]\nlisten = \"{admin}\"\n\n{}",
-        service_toml("http", listen, "", &list)
-    );
+    let cfg = with_admin(admin, &service_toml("http", listen, "", &list));
     let p = Proxy::start(&cfg, listen).await;
     // Load: four kept-alive clients for a bounded time.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

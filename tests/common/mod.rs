@@ -8,7 +8,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,12 +64,29 @@ pub fn sdk_plugin(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A free loopback port (bound then released; the kernel will not hand it out again soon).
+/// A free loopback port for a test to bind later. It is taken below the kernel's ephemeral
+/// range: a port bound to 0 and released comes from that range, and a parallel test's client
+/// connection can take it as its source port before the test binds it again (`AddrInUse`).
+/// Each call gives a new port (a counter from a point set by the process id), checked free.
 pub fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&h| h > LOW + 1000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (LOW + (start + n) % span) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if StdListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{high}");
 }
 
 /// Connects, from a chosen loopback source address (any of 127.0.0.0/8) when given.
@@ -246,12 +263,21 @@ pub struct HttpBackend {
 }
 
 impl HttpBackend {
+    /// On a port the kernel picks, kept from the start (no window for another to take it).
     pub async fn start() -> HttpBackend {
-        Self::start_on(free_addr()).await
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap())
     }
 
     pub async fn start_on(addr: SocketAddr) -> HttpBackend {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::on(
+            TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| panic!("http backend on {addr}: {e}")),
+        )
+    }
+
+    fn on(listener: TcpListener) -> HttpBackend {
+        let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(AtomicU16::new(200));
         let forwarded = Arc::new(Mutex::new(Vec::new()));
@@ -624,12 +650,21 @@ pub struct TcpBackend {
 }
 
 impl TcpBackend {
+    /// On a port the kernel picks, kept from the start.
     pub async fn start() -> TcpBackend {
-        Self::start_on(free_addr()).await
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap())
     }
 
     pub async fn start_on(addr: SocketAddr) -> TcpBackend {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::on(
+            TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| panic!("tcp backend on {addr}: {e}")),
+        )
+    }
+
+    fn on(listener: TcpListener) -> TcpBackend {
+        let addr = listener.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let (c, o) = (conns.clone(), open.clone());
@@ -690,4 +725,24 @@ pub async fn tcp_banner(
         ));
     }
     Ok((line.trim_end().to_string(), r))
+}
+
+/// Runs `plugboard ctl --admin http://ADMIN [--token-file F] ARGS`: exit code, stdout, stderr.
+pub fn ctl(admin: SocketAddr, token_file: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["ctl", "--admin", &format!("http://{admin}")]);
+    if let Some(t) = token_file {
+        cmd.arg("--token-file").arg(t);
+    }
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `rest` under an `[admin]` table listening on `admin`.
+pub fn with_admin(admin: SocketAddr, rest: &str) -> String {
+    format!("[admin]\nlisten = \"{admin}\"\n\n{rest}")
 }

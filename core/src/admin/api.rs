@@ -8,6 +8,7 @@
 //! | `PUT /api/v1/services/{service}/backends/{backend}` `{"state": "drain", "weight": 5}` | the service after the change |
 //! | `POST /api/v1/services/{service}/backends` `{"address": "10.0.0.5:80", "name": "fe05", "weight": 2}` | 201, the service with it |
 //! | `DELETE /api/v1/services/{service}/backends/{backend}` | 202, the service with it `removing` |
+//! | `POST /api/v1/reload` | 200 `{"ok": true, "services": [..], "listening": [..], "stopped": [..], "warnings": [..], "errors": [..]}`; 400 `{"error": "...", "errors": ["file:line:col: ..."]}` |
 //!
 //! Errors are `{"error": "..."}` with 400, 401, 404, 405, 409 or 413. Every request that changes
 //! something, or is refused for its token, is logged with the client's address.
@@ -175,6 +176,21 @@ impl AdminApp {
                     Err(e) => e.into(),
                 }
             }
+            (&Method::POST, ["v1", "reload"]) => {
+                let r = self.control.reload().await;
+                tracing::info!(client = %peer(session), ok = r.is_ok(), "admin API: reload");
+                match r {
+                    Ok(done) => json(200, &Done { ok: true, done }),
+                    Err(errors) => json(
+                        400,
+                        &Failed {
+                            error: "configuration refused; the running one stays",
+                            errors,
+                        },
+                    ),
+                }
+            }
+            (_, ["v1", "reload"]) => error(405, "POST /api/v1/reload"),
             (_, ["v1", "services", ..]) => error(405, format!("{method} is not allowed on {path}")),
             _ => error(404, format!("no such path: {path}")),
         }
@@ -186,6 +202,19 @@ fn peer(session: &ServerSession) -> String {
     session
         .client_addr()
         .map_or_else(|| "?".to_string(), |a| a.to_string())
+}
+
+#[derive(Serialize)]
+struct Done {
+    ok: bool,
+    #[serde(flatten)]
+    done: crate::server::reload::Reloaded,
+}
+
+#[derive(Serialize)]
+struct Failed {
+    error: &'static str,
+    errors: Vec<String>,
 }
 
 #[derive(Serialize)]

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::balance::balancer::Balancer;
 use crate::balance::pool::AdminState;
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, Config};
+use crate::server::reload::Reloaded;
 
 use super::state_file::StateFile;
 use super::view::ServiceView;
@@ -54,11 +55,11 @@ const REMOVAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 pub struct Control {
     live: Arc<Live>,
     /// Serialises changes, so that the state file is written in the order they were made.
-    state: Mutex<Option<StateFile>>,
+    state: Mutex<StateFile>,
 }
 
 impl Control {
-    pub fn new(live: Arc<Live>, state: Option<StateFile>) -> Control {
+    pub fn new(live: Arc<Live>, state: StateFile) -> Control {
         Control {
             live,
             state: Mutex::new(state),
@@ -121,9 +122,7 @@ impl Control {
         if let Some(w) = change.weight {
             b.pool.set_weight(i, w);
         }
-        if let Some(f) = file.as_mut() {
-            f.record(&b, i);
-        }
+        file.record(&b, i);
         Ok(ServiceView::of(&b))
     }
 }
@@ -195,9 +194,7 @@ impl Control {
                     e,
                 )
             })?;
-        if let Some(f) = file.as_mut() {
-            f.record_added(service, &config);
-        }
+        file.record_added(service, &config);
         Ok(ServiceView::of(&b))
     }
 
@@ -215,9 +212,7 @@ impl Control {
         {
             let mut file = self.state.lock().unwrap_or_else(|e| e.into_inner());
             b.pool.set_removing(i);
-            if let Some(f) = file.as_mut() {
-                f.record_removed(&b, i);
-            }
+            file.record_removed(&b, i);
         }
         let me = self.clone();
         let service = service.to_string();
@@ -255,6 +250,43 @@ impl Control {
             }
             tokio::time::sleep(REMOVAL_POLL).await;
         }
+    }
+}
+
+impl Control {
+    /// Reads the configuration file again and installs it (see `server/reload.rs`). The
+    /// runtime changes apply to the new file by the state file's rules. Errors (with file
+    /// and line) leave the running configuration as it was.
+    pub async fn reload(&self) -> Result<Reloaded, Vec<String>> {
+        let _one = self.live.reloading.lock().await;
+        let path = self.live.config().path;
+        let pending = {
+            let mut cfg = Config::load(&path)
+                .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+                .inspect_err(|e| log_refused(e))?;
+            let mut file = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = file.clone();
+            next.rebase(&mut cfg);
+            let pending = self.live.install(cfg).inspect_err(|e| log_refused(e))?;
+            *file = next;
+            file.save();
+            pending
+        };
+        let done = self.live.finish_reload(pending).await;
+        tracing::info!(
+            services = done.services.len(),
+            listening = %done.listening.join(", "),
+            stopped = %done.stopped.join(", "),
+            errors = done.errors.len(),
+            "configuration reloaded"
+        );
+        Ok(done)
+    }
+}
+
+fn log_refused(errors: &[String]) {
+    for e in errors {
+        tracing::error!("reload refused, the running configuration stays: {e}");
     }
 }
 

@@ -5,6 +5,8 @@
 //! file wins and the entry is dropped.
 //!
 //! The file is JSON, rewritten whole (a temporary file renamed over it) after every change.
+//! Without a state file the same record is kept in memory, so that a reload (which starts
+//! again from the configuration file) keeps the operator's changes by the same rules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use crate::balance::pool::AdminState;
 use crate::config::{BackendConfig, Config};
 use crate::server::live::Live;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Saved {
     /// Service name -> backend name -> what the operator did.
     services: BTreeMap<String, BTreeMap<String, SavedBackend>>,
@@ -39,8 +41,10 @@ struct SavedBackend {
     config_weight: u32,
 }
 
+#[derive(Clone)]
 pub struct StateFile {
-    path: PathBuf,
+    /// `None`: the changes are kept in memory only, for reloads (no `[admin] state_file`).
+    path: Option<PathBuf>,
     saved: Saved,
     /// The configuration file's backends, by service.
     file: HashMap<String, Vec<BackendConfig>>,
@@ -56,15 +60,19 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(format!("admin.state_file {}: {e}", path.display())),
         };
-        Ok(StateFile {
-            path: path.to_path_buf(),
-            saved,
-            file: cfg
-                .services
-                .iter()
-                .map(|s| (s.name.clone(), s.backends.clone()))
-                .collect(),
-        })
+        let mut f = StateFile::memory(cfg);
+        f.path = Some(path.to_path_buf());
+        f.saved = saved;
+        Ok(f)
+    }
+
+    /// Changes kept in memory only: a reload applies them to the new configuration.
+    pub fn memory(cfg: &Config) -> StateFile {
+        StateFile {
+            path: None,
+            saved: Saved::default(),
+            file: file_backends(cfg),
+        }
     }
 
     /// The file's definition of backend `name` of `service`.
@@ -75,17 +83,56 @@ impl StateFile {
     /// Applies the saved changes to the services (before they serve anyone). Entries that
     /// no longer apply are dropped, and logged.
     pub fn apply(&mut self, live: &Live) -> Result<(), String> {
-        let mut dropped = false;
+        let lists = self.settle(&live.config());
+        self.save();
+        for (service, list) in lists {
+            live.update(&service, |b| Ok(b.with_backends(list)))?;
+        }
+        for (service, entries) in &self.saved.services {
+            let Some(b) = live.get(service) else {
+                continue;
+            };
+            for (name, e) in entries {
+                let Some(i) = b.pool.find_name(name) else {
+                    continue;
+                };
+                if let Some(s) = AdminState::from_name(&e.state) {
+                    b.pool.set_admin(i, s);
+                }
+                b.pool.set_weight(i, e.weight.min(256));
+            }
+            tracing::info!(%service, entries = entries.len(), "state file: runtime changes applied");
+        }
+        Ok(())
+    }
+
+    /// A reload: `cfg` is the new configuration file. Backends added or removed at run time
+    /// are added to or removed from it, unless the file now defines them differently (the
+    /// file wins, as at start). Backend state and weight carry over with the backends.
+    /// Nothing is written: [`StateFile::save`] once the reload succeeded.
+    pub fn rebase(&mut self, cfg: &mut Config) {
+        self.file = file_backends(cfg);
+        for (service, list) in self.settle(cfg) {
+            if let Some(s) = cfg.services.iter_mut().find(|s| s.name == service) {
+                s.backends = list;
+            }
+        }
+    }
+
+    /// Drops the entries that no longer apply to `cfg` (logged), and answers the backend
+    /// list of every service whose membership the remaining entries change.
+    fn settle(&mut self, cfg: &Config) -> Vec<(String, Vec<BackendConfig>)> {
+        let mut lists = Vec::new();
         let services: Vec<String> = self.saved.services.keys().cloned().collect();
         for service in services {
-            let Some(b) = live.get(&service) else {
+            let Some(s) = cfg.services.iter().find(|s| s.name == service) else {
                 tracing::info!(%service, "state file: service no longer configured, entries dropped");
                 self.saved.services.remove(&service);
-                dropped = true;
                 continue;
             };
             let mut entries = self.saved.services.remove(&service).unwrap_or_default();
-            let mut list = b.config().backends.clone();
+            let mut list = s.backends.clone();
+            let mut changed = false;
             entries.retain(|name, e| {
                 let file = self.in_file(&service, name);
                 let keep = match (&e.added, file) {
@@ -98,6 +145,7 @@ impl StateFile {
                             weight: e.weight,
                             enabled: true,
                         });
+                        changed = true;
                         true
                     }
                     (None, Some(c)) => c.enabled == e.config_enabled && c.weight == e.config_weight,
@@ -105,37 +153,20 @@ impl StateFile {
                 };
                 if !keep {
                     tracing::info!(%service, backend = %name, "state file: the configuration changed this backend since, its values apply");
-                    dropped = true;
                 } else if e.removed {
                     list.retain(|c| &c.name != name);
+                    changed = true;
                 }
                 keep
             });
-            let b = if list.len() != b.config().backends.len()
-                || entries.values().any(|e| e.added.is_some())
-            {
-                live.update(&service, |b| Ok(b.with_backends(list)))?
-            } else {
-                b
-            };
-            for (name, e) in &entries {
-                let Some(i) = b.pool.find_name(name) else {
-                    continue;
-                };
-                if let Some(s) = AdminState::from_name(&e.state) {
-                    b.pool.set_admin(i, s);
-                }
-                b.pool.set_weight(i, e.weight.min(256));
+            if changed {
+                lists.push((service.clone(), list));
             }
-            tracing::info!(%service, entries = entries.len(), "state file: runtime changes applied");
             if !entries.is_empty() {
                 self.saved.services.insert(service, entries);
             }
         }
-        if dropped {
-            self.write();
-        }
-        Ok(())
+        lists
     }
 
     /// Records backend `i` of `b`'s state and weight as they are now, and writes the file.
@@ -175,7 +206,7 @@ impl StateFile {
             }
             (_, None) => {}
         }
-        self.write();
+        self.save();
     }
 
     /// Records a backend added to `service`.
@@ -201,7 +232,7 @@ impl StateFile {
                 );
             }
         }
-        self.write();
+        self.save();
     }
 
     /// Records backend `i` of `b` as removed.
@@ -228,18 +259,29 @@ impl StateFile {
                 );
             }
         }
-        self.write();
+        self.save();
     }
 
-    fn write(&mut self) {
+    /// Writes the file (when there is one).
+    pub fn save(&mut self) {
         self.saved.services.retain(|_, b| !b.is_empty());
-        let tmp = self.path.with_extension("tmp");
+        let Some(path) = &self.path else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
         let result = serde_json::to_vec_pretty(&self.saved)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
+            .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = result {
-            tracing::error!(file = %self.path.display(), "state file not written: {e}; runtime changes will not survive a restart");
+            tracing::error!(file = %path.display(), "state file not written: {e}; runtime changes will not survive a restart");
         }
     }
+}
+
+fn file_backends(cfg: &Config) -> HashMap<String, Vec<BackendConfig>> {
+    cfg.services
+        .iter()
+        .map(|s| (s.name.clone(), s.backends.clone()))
+        .collect()
 }

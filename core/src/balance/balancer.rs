@@ -103,16 +103,35 @@ pub struct Balancer {
 
 impl Balancer {
     /// Builds service number `index` of `config`, with built-in hooks and, for `plugin:`
-    /// references, hooks from `plugins`.
+    /// references, hooks from `plugins`. `prev` is the service of that name a reload
+    /// replaces: backends that stay keep their live state (health, operator state, counts)
+    /// with what the file changed applied, and pins survive when persistence is unchanged.
     pub fn new(
         config: &Config,
         index: usize,
         metrics: &Arc<Metrics>,
         plugins: &dyn HookSource,
+        prev: Option<&Balancer>,
     ) -> Result<Self, String> {
         let cfg = &config.services[index];
         let key = CookieKey::new(&config.proxy.secret);
-        let pool = Arc::new(Pool::new(&cfg.name, &cfg.backends, cfg.slow_start, &key));
+        let pool = Arc::new(match prev {
+            Some(p) => p.pool.next(
+                &cfg.name,
+                &cfg.backends,
+                &p.cfg.backends,
+                cfg.slow_start,
+                &key,
+            ),
+            None => Pool::new(&cfg.name, &cfg.backends, cfg.slow_start, &key),
+        });
+        let kept_table = prev
+            .and_then(|p| {
+                p.persistence
+                    .as_ref()
+                    .filter(|_| p.cfg.persistence == cfg.persistence)
+            })
+            .map(|p| p.table.clone());
         let in_service = |e: String| format!("service {:?}: {e}", cfg.name);
         let mut agent_feed = None;
         let (scheduler, fallback): (Arc<dyn SelectServer>, _) = match &cfg.scheduler {
@@ -144,7 +163,8 @@ impl Balancer {
                         .expect("built-in key")
                         .into(),
                 },
-                table: Arc::new(MemoryTable::new(p.timeout, p.max_entries)),
+                table: kept_table
+                    .unwrap_or_else(|| Arc::new(MemoryTable::new(p.timeout, p.max_entries))),
             }),
         };
         let health = match &cfg.health_check {

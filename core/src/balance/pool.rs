@@ -100,8 +100,8 @@ impl Backend {
         }
     }
 
-    /// The same backend in a new pool: its live state carried over, with what the
-    /// configuration changed since `before` (its `enabled`, its `weight`) applied.
+    /// The same backend in a new pool: its live state carried over; if the configuration
+    /// changed it since `before` (its `enabled` or `weight`), the configuration's values.
     fn carried(&self, c: &BackendConfig, before: &BackendConfig) -> Self {
         let b = Backend {
             name: self.name.clone(),
@@ -110,7 +110,9 @@ impl Backend {
             address: self.address,
             live: self.live.clone(),
         };
-        if c.enabled != before.enabled {
+        // The file changed this backend: its values apply, the operator's state included
+        // (as the state file's entries yield to the file at start).
+        if c.enabled != before.enabled || c.weight != before.weight {
             let state = if c.enabled {
                 AdminState::Ready
             } else {
@@ -300,7 +302,10 @@ impl Pool {
                 match self.index_of(id).map(|i| &self.backends[i]) {
                     Some(old) if old.address == c.address => {
                         let was = before.iter().find(|b| b.name == c.name).unwrap_or(c);
-                        old.carried(c, was)
+                        let mut b = old.carried(c, was);
+                        // A reload may bring a new secret.
+                        b.cookie_id = key.cookie_id(service, &c.name);
+                        b
                     }
                     _ => Backend::new(service, c, key),
                 }
@@ -614,6 +619,7 @@ mod tests {
             p.observe(0, false, 1, 3);
         }
         p.set_admin(1, AdminState::Drain);
+        p.set_admin(2, AdminState::Drain);
         let guard = p.acquire(2);
         // Backend 1 gets weight 4 in the file; a new one joins; backend 0 moves to the end.
         let mut now = before.clone();
@@ -624,8 +630,11 @@ mod tests {
         let q = p.next("t", &now, &before, None, &key);
         let at = |name: &str| q.find_name(name).unwrap();
         assert!(!q.get(at(&before[0].name)).healthy(), "health kept");
+        // The file changed backend 1: its values apply, the operator's drain goes.
         let b1 = q.get(at(&before[1].name));
-        assert_eq!((b1.admin(), b1.weight()), (AdminState::Drain, 4));
+        assert_eq!((b1.admin(), b1.weight()), (AdminState::Ready, 4));
+        let b2 = q.get(at(&before[2].name));
+        assert_eq!((b2.admin(), b2.weight()), (AdminState::Drain, 1));
         assert_eq!(
             q.get(at(&before[2].name)).active(),
             1,

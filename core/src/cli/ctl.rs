@@ -53,6 +53,9 @@ enum CtlCommand {
     /// Removes BACKEND: nothing new reaches it, and it leaves once its last request or
     /// connection ends.
     Remove { service: String, backend: String },
+    /// Reads the configuration file again and applies it (as SIGHUP does); a file with
+    /// errors is refused and the running configuration stays.
+    Reload,
 }
 
 /// A failed call: the exit code and what to print.
@@ -66,6 +69,8 @@ pub fn run(args: CtlArgs) -> ExitCode {
                     "{}",
                     serde_json::to_string_pretty(&answer).unwrap_or_default()
                 );
+            } else if matches!(args.command, CtlCommand::Reload) {
+                print!("{}", reloaded(&answer));
             } else {
                 print!("{}", table(&answer));
             }
@@ -139,6 +144,7 @@ fn call(args: &CtlArgs) -> Result<Value, Failed> {
             ("POST", backends_url(service), Some(body.to_string()))
         }
         CtlCommand::Remove { service, backend } => ("DELETE", backend_url(service, backend), None),
+        CtlCommand::Reload => ("POST", format!("{base}/api/v1/reload"), None),
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -166,8 +172,14 @@ fn call(args: &CtlArgs) -> Result<Value, Failed> {
     let answer: Value = serde_json::from_str(&text)
         .map_err(|_| Failed(2, format!("{url}: {status}, not JSON: {}", text.trim())))?;
     if status >= 400 {
-        let message = answer["error"].as_str().unwrap_or(text.trim());
-        return Err(Failed(1, format!("{status}: {message}")));
+        let mut message = format!(
+            "{status}: {}",
+            answer["error"].as_str().unwrap_or(text.trim())
+        );
+        for e in answer["errors"].as_array().into_iter().flatten() {
+            message.push_str(&format!("\n  {}", e.as_str().unwrap_or_default()));
+        }
+        return Err(Failed(1, message));
     }
     Ok(answer)
 }
@@ -181,6 +193,38 @@ fn encode(s: &str) -> String {
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
+    }
+    out
+}
+
+/// A reload's outcome, one line per kind of change.
+fn reloaded(answer: &Value) -> String {
+    let list = |k: &str| -> Vec<String> {
+        answer[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    let mut out = format!(
+        "reloaded: {} services ({})\n",
+        list("services").len(),
+        list("services").join(", ")
+    );
+    for (k, what) in [
+        ("listening", "now listening"),
+        ("stopped", "stopped listening"),
+    ] {
+        if !list(k).is_empty() {
+            out.push_str(&format!("{what}: {}\n", list(k).join(", ")));
+        }
+    }
+    for w in list("warnings") {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    for e in list("errors") {
+        out.push_str(&format!("error: {e}\n"));
     }
     out
 }

@@ -64,9 +64,6 @@ pub struct HealthService {
     pub services: CurrentServices,
     /// Changes when a service is replaced.
     pub changed: tokio::sync::watch::Receiver<u64>,
-    /// Owns the plugin registry for the server's lifetime (its file watcher holds only a weak
-    /// reference, so that dropping the server stops reloads).
-    pub plugins: Option<Arc<crate::plugin::registry::Registry>>,
 }
 
 #[async_trait]

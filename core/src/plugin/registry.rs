@@ -34,7 +34,7 @@ pub fn hook_bit(h: Hook) -> u32 {
 
 /// Every plugin slot of a configuration, with the watcher that reloads them.
 pub struct Registry {
-    runtimes: Runtimes,
+    runtimes: Arc<Runtimes>,
     slots: HashMap<String, Arc<Slot>>,
     limits: Limits,
     threads: usize,
@@ -52,7 +52,7 @@ impl Registry {
             deadline: cfg.proxy.plugin_deadline,
             memory: cfg.proxy.plugin_memory,
         };
-        let runtimes = Runtimes::new().map_err(|e| {
+        let runtimes = Runtimes::shared().map_err(|e| {
             ConfigErrors(vec![ConfigError::whole_file(
                 &cfg.path,
                 format!("cannot start the plugin runtimes: {e}"),

@@ -48,6 +48,14 @@ impl Runtimes {
         })
     }
 
+    /// The process's runtimes, made once: every reload's registry compiles with the same
+    /// engines (an engine is driven by the plugin clock for as long as the process lives).
+    pub fn shared() -> Result<Arc<Runtimes>, String> {
+        static SHARED: std::sync::OnceLock<Result<Arc<Runtimes>, String>> =
+            std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Runtimes::new().map(Arc::new)).clone()
+    }
+
     fn by_kind(&self, kind: &str) -> Option<&dyn Runtime> {
         self.runtimes
             .iter()

@@ -3,65 +3,74 @@
 //! A change to a service (a backend added or removed at run time) builds the service's next
 //! [`Balancer`] and installs it everywhere at once: in the route table of every http address
 //! that serves it, in its tcp listener, in the list the health checks, metrics and admin API
-//! read. Requests and connections already running keep the version they started with.
+//! read. Requests and connections already running keep the version they started with. A
+//! reload (`reload.rs`) replaces all of it the same way.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use pingora::server::configuration::ServerConf;
 
 use crate::balance::balancer::Balancer;
+use crate::config::Config;
+use crate::io::limits::Limit;
+use crate::observe::metrics::Metrics;
+use crate::plugin::registry::Registry;
 use crate::proxy::http::phases::{Route, Routes};
-use crate::proxy::tcp::Conns;
 
-/// An http listen address: its services, in file order, and its route table.
-struct HttpFront {
-    services: Vec<String>,
-    routes: Arc<ArcSwap<Routes>>,
+use super::frontends::FrontendsHandle;
+use super::fronts::{Fronts, ServiceLimits};
+
+/// What a reload builds with and never changes.
+pub struct Context {
+    pub metrics: Arc<Metrics>,
+    pub conf: Arc<ServerConf>,
+    /// `[proxy] max_connections` (a change needs a restart).
+    pub process: Limit,
+    pub frontends: FrontendsHandle,
 }
 
-/// A tcp service's listener.
-struct TcpFront {
-    service: String,
-    conns: Arc<Conns>,
+/// What changes with a reload, behind one lock (which also makes changes one at a time).
+pub struct State {
+    /// The configuration as last loaded (with the runtime changes a reload re-applied).
+    pub cfg: Config,
+    pub fronts: Fronts,
+    pub limits: ServiceLimits,
+    /// Owns the plugin registry (its directory watcher holds only a weak reference).
+    pub plugins: Option<Arc<Registry>>,
+    /// Reloads certificates when their files change.
+    pub cert_watcher: Option<notify::RecommendedWatcher>,
 }
 
 pub struct Live {
     services: ArcSwap<Vec<Arc<Balancer>>>,
-    http: Vec<HttpFront>,
-    tcp: Vec<TcpFront>,
     /// Bumped after every change (the health checks restart their loops on it).
     changed: tokio::sync::watch::Sender<u64>,
-    /// Starts and stops listeners (a reload).
-    frontends: Option<super::frontends::FrontendsHandle>,
-    /// One change at a time.
-    writer: Mutex<()>,
+    state: Mutex<State>,
+    /// One reload at a time; held across its awaits, which `state` cannot be.
+    pub reloading: tokio::sync::Mutex<()>,
+    pub(super) ctx: Context,
 }
 
 impl Live {
-    pub fn new(balancers: Vec<Arc<Balancer>>) -> Live {
+    pub fn new(balancers: Vec<Arc<Balancer>>, state: State, ctx: Context) -> Live {
         Live {
             services: ArcSwap::from_pointee(balancers),
-            http: Vec::new(),
-            tcp: Vec::new(),
             changed: tokio::sync::watch::channel(0).0,
-            frontends: None,
-            writer: Mutex::new(()),
+            state: Mutex::new(state),
+            reloading: tokio::sync::Mutex::new(()),
+            ctx,
         }
     }
 
-    /// Registers the route table of an http address serving `services` (while building).
-    pub fn add_http(&mut self, services: Vec<String>, routes: Arc<ArcSwap<Routes>>) {
-        self.http.push(HttpFront { services, routes });
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers the listener of tcp service `service` (while building).
-    pub fn add_tcp(&mut self, service: String, conns: Arc<Conns>) {
-        self.tcp.push(TcpFront { service, conns });
-    }
-
-    /// The running listeners (while building).
-    pub fn set_frontends(&mut self, handle: super::frontends::FrontendsHandle) {
-        self.frontends = Some(handle);
+    /// Installs a new list of services and tells the health checks.
+    pub(super) fn set_services(&self, list: Vec<Arc<Balancer>>) {
+        self.services.store(Arc::new(list));
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// Every service, in file order.
@@ -75,6 +84,11 @@ impl Live {
             .iter()
             .find(|b| b.config().name == service)
             .cloned()
+    }
+
+    /// The configuration as last loaded.
+    pub fn config(&self) -> Config {
+        self.state().cfg.clone()
     }
 
     /// [`Live::balancers`] as a function, for the parts that must not know this type.
@@ -95,7 +109,7 @@ impl Live {
         service: &str,
         next: impl FnOnce(&Balancer) -> Result<Balancer, String>,
     ) -> Result<Arc<Balancer>, String> {
-        let _one = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let st = self.state();
         let now = self.services.load_full();
         let i = now
             .iter()
@@ -107,7 +121,8 @@ impl Live {
         let find = |name: &str| list.iter().find(|b| b.config().name == name).cloned();
         // Build every table first, install them after: a failure leaves everything as it was.
         let mut http = Vec::new();
-        for f in self
+        for f in st
+            .fronts
             .http
             .iter()
             .filter(|f| f.services.iter().any(|s| s == service))
@@ -120,7 +135,7 @@ impl Live {
             http.push((f, Routes::new(routes, f.routes.load().tls())));
         }
         let mut tcp = Vec::new();
-        for f in self.tcp.iter().filter(|f| f.service == service) {
+        for f in st.fronts.tcp.iter().filter(|f| f.service == service) {
             tcp.push((f, f.conns.target().with_balancer(new.clone())?));
         }
         for (f, routes) in http {
@@ -129,8 +144,7 @@ impl Live {
         for (f, target) in tcp {
             f.conns.set_target(target);
         }
-        self.services.store(Arc::new(list));
-        self.changed.send_modify(|v| *v += 1);
+        self.set_services(list);
         Ok(new)
     }
 }

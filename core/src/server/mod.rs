@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -16,22 +14,22 @@ use crate::admin::api::AdminApp;
 use crate::admin::control::Control;
 use crate::admin::state_file::StateFile;
 use crate::balance::balancer::{Balancer, HookSource, NoPlugins};
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::health::HealthService;
-use crate::io::limits::{self, Limit, Limits};
+use crate::io::limits::{self, Limit};
 use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::plugin::registry::Registry;
-use crate::proxy::http::listener::{HttpListener, Settings, Timeouts};
-use crate::proxy::http::phases::{HttpService, Route, Routes};
-use crate::proxy::tcp::{Conns, Target, TcpListenerUnit};
 use crate::tls;
-use crate::tls::server::CertStore;
 
 pub mod frontends;
+pub mod fronts;
 pub mod live;
+pub mod reload;
 
-use frontends::{Frontends, Unit};
-use live::Live;
+use frontends::Frontends;
+use fronts::{Fronts, ServiceLimits};
+use live::{Context, Live, State};
+use reload::ReloadOnHangup;
 
 /// What a configuration builds before anything listens.
 pub struct Built {
@@ -60,7 +58,7 @@ impl Built {
         };
         let balancers = (0..cfg.services.len())
             .map(|i| {
-                Balancer::new(&cfg, i, &metrics, hooks)
+                Balancer::new(&cfg, i, &metrics, hooks, None)
                     .map(Arc::new)
                     .map_err(|e| format!("{}: {e}", cfg.path.display()))
             })
@@ -73,9 +71,9 @@ impl Built {
         })
     }
 
-    /// Builds the pingora server: one listening service per configured service (listen
-    /// sockets bound now, so a busy address is an error here), the health checker, and the
-    /// metrics endpoint when configured. Plugin instances are made before anything listens,
+    /// Builds the pingora server: one listener per address (sockets bound now, so a busy
+    /// address is an error here), the health checker, the reload signal, and the metrics and
+    /// admin endpoints when configured. Plugin instances are made before anything listens,
     /// and the plugins directory is watched from now on.
     pub fn serve(self) -> Result<Server, String> {
         let cfg = &self.cfg;
@@ -97,110 +95,70 @@ impl Built {
             }
         }
         let process = Limit::new(process_max_connections(cfg));
-        let limits = |s: &crate::config::ServiceConfig| Limits {
-            service: s.max_connections.map(Limit::new),
-            process: process.clone(),
-        };
-        let mut live = Live::new(self.balancers.clone());
+        let mut limits = ServiceLimits::default();
+        let plan = fronts::plan(cfg, &self.balancers, &process, &mut limits)?;
         let (mut frontends, handle) = Frontends::new(cfg.proxy.threads);
-        let mut cert_stores = Vec::new();
-        for b in self
-            .balancers
-            .iter()
-            .filter(|b| b.config().mode == Mode::Tcp)
-        {
-            let s = b.config();
-            let front = match &s.tls {
-                None => None,
-                Some(t) => {
-                    let store = Arc::new(cert_store(cfg, s, std::slice::from_ref(b))?);
-                    cert_stores.push(store.clone());
-                    Some(tls::server::server_config(t, store)?)
-                }
-            };
-            let conns = Conns::new(Target::new(b.clone(), front)?);
-            let limits = Arc::new(ArcSwap::from_pointee(limits(s)));
-            for addr in &s.listen {
-                let name = format!("{} (tcp {addr})", s.name);
-                let unit = TcpListenerUnit::bind(name, *addr, conns.clone(), limits.clone())?;
-                frontends.add(*addr, Unit::Tcp(unit));
-            }
-            live.add_tcp(s.name.clone(), conns);
+        let mut running = Fronts::default();
+        for p in plan.http {
+            let f = p.into_front();
+            frontends.add(f.addr, f.bind(&conf)?);
+            running.http.push(f);
         }
-        // One listener per http address, serving every service that listens there.
-        for (addr, on) in http_addresses(&self.balancers) {
-            let lead = on
-                .iter()
-                .find(|b| b.config().route.is_none())
-                .unwrap_or(&on[0])
-                .config();
-            let names: Vec<&str> = on.iter().map(|b| b.config().name.as_str()).collect();
-            let routes = on
-                .iter()
-                .map(|b| Route::new(b.clone()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let routes = Arc::new(ArcSwap::from_pointee(Routes::new(
-                routes,
-                lead.tls.is_some(),
-            )));
-            live.add_http(
-                names.iter().map(|n| n.to_string()).collect(),
-                routes.clone(),
-            );
-            let proxy = pingora::proxy::http_proxy(&conf, HttpService::new(routes));
-            let timeouts = Timeouts {
-                idle: lead.idle_timeout,
-                header: lead.header_timeout,
-            };
-            let tls = match &lead.tls {
-                None => None,
-                Some(t) => {
-                    let store = Arc::new(cert_store(cfg, lead, &on)?);
-                    cert_stores.push(store.clone());
-                    Some(tls::server::server_config(t, store)?)
-                }
-            };
-            let unit = HttpListener::bind(
-                format!("{} (http {addr})", names.join(", ")),
-                addr,
-                proxy,
-                Settings { timeouts, tls },
-                limits(lead),
-            )?;
-            frontends.add(addr, Unit::Http(unit));
+        for p in plan.tcp {
+            let f = p.into_front();
+            for a in &f.addrs {
+                frontends.add(*a, f.bind(*a)?);
+            }
+            running.tcp.push(f);
         }
         server.add_service(frontends);
-        live.set_frontends(handle);
-        if !cert_stores.is_empty() {
-            let watcher = tls::watch::watch(cert_stores)?;
-            server.add_service(background_service(
-                "certificate reload",
-                KeepUntilShutdown(watcher),
-            ));
-        }
-        let live = Arc::new(live);
+        let cert_watcher = match plan.certs.is_empty() {
+            true => None,
+            false => Some(tls::watch::watch(plan.certs)?),
+        };
+        let live = Arc::new(Live::new(
+            self.balancers.clone(),
+            State {
+                cfg: cfg.clone(),
+                fronts: running,
+                limits,
+                plugins: self.plugins.clone(),
+                cert_watcher,
+            },
+            Context {
+                metrics: self.metrics.clone(),
+                conf,
+                process,
+                frontends: handle,
+            },
+        ));
         server.add_service(background_service(
             "health checks",
             HealthService {
                 services: live.current(),
                 changed: live.subscribe(),
-                plugins: self.plugins.clone(),
             },
         ));
+        // Saved runtime changes apply before the first client is served; without a state
+        // file they are kept in memory, for reloads.
+        let state = match cfg.admin.as_ref().and_then(|a| a.state_file.as_ref()) {
+            None => StateFile::memory(cfg),
+            Some(path) => {
+                let mut f = StateFile::open(path, cfg)?;
+                f.apply(&live)?;
+                f
+            }
+        };
+        let control = Arc::new(Control::new(live.clone(), state));
+        server.add_service(background_service(
+            "reload on SIGHUP",
+            ReloadOnHangup(control.clone()),
+        ));
         if let Some(admin) = &cfg.admin {
-            // Saved runtime changes apply before the first client is served.
-            let state = match &admin.state_file {
-                None => None,
-                Some(path) => {
-                    let mut f = StateFile::open(path, cfg)?;
-                    f.apply(&live)?;
-                    Some(f)
-                }
-            };
             let mut svc = Service::new(
                 "admin API".to_string(),
                 AdminApp {
-                    control: Arc::new(Control::new(live.clone(), state)),
+                    control,
                     token: admin.token.clone(),
                 },
             );
@@ -256,51 +214,5 @@ fn process_max_connections(cfg: &Config) -> usize {
             }
             n
         }
-    }
-}
-
-/// Each http listen address with the services on it, in file order.
-fn http_addresses(balancers: &[Arc<Balancer>]) -> Vec<(std::net::SocketAddr, Vec<Arc<Balancer>>)> {
-    let mut out: Vec<(std::net::SocketAddr, Vec<Arc<Balancer>>)> = Vec::new();
-    for b in balancers.iter().filter(|b| b.config().mode == Mode::Http) {
-        for a in &b.config().listen {
-            match out.iter_mut().find(|(x, _)| x == a) {
-                Some((_, v)) => v.push(b.clone()),
-                None => out.push((*a, vec![b.clone()])),
-            }
-        }
-    }
-    out
-}
-
-/// The certificates of a TLS address: the default service's first (its first is the
-/// default certificate), then the other services'.
-fn cert_store(
-    cfg: &Config,
-    lead: &crate::config::ServiceConfig,
-    on: &[Arc<Balancer>],
-) -> Result<CertStore, String> {
-    let mut sources = Vec::new();
-    let services = std::iter::once(lead).chain(
-        on.iter()
-            .map(|b| b.config())
-            .filter(|s| s.name != lead.name),
-    );
-    for s in services {
-        for c in s.tls.iter().flat_map(|t| &t.certificates) {
-            let origin = format!("{}:{} (service {})", cfg.path.display(), c.line, s.name);
-            sources.push((c.source.clone(), origin));
-        }
-    }
-    CertStore::load(&sources)
-}
-
-/// Holds something (a file watcher) for as long as the server runs.
-struct KeepUntilShutdown<T>(T);
-
-#[async_trait::async_trait]
-impl<T: Send + Sync> pingora::services::background::BackgroundService for KeepUntilShutdown<T> {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let _ = shutdown.changed().await;
     }
 }

@@ -76,11 +76,20 @@ pub struct HttpListener {
     lot: (ParkingLot<Conn>, LotWatcher<Conn>),
 }
 
-/// Replaces a running listener's settings and limits (a reload that keeps its address).
+/// A listener's settings and limits, which a reload that keeps its address replaces.
 #[derive(Clone)]
 pub struct HttpHandle {
     pub settings: Arc<ArcSwap<Settings>>,
     pub limits: Arc<ArcSwap<Limits>>,
+}
+
+impl HttpHandle {
+    pub fn new(settings: Settings, limits: Limits) -> HttpHandle {
+        HttpHandle {
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            limits: Arc::new(ArcSwap::from_pointee(limits)),
+        }
+    }
 }
 
 /// What every connection of an address needs.
@@ -101,8 +110,7 @@ impl HttpListener {
         name: String,
         addr: SocketAddr,
         mut proxy: HttpProxy<HttpService>,
-        settings: Settings,
-        limits: Limits,
+        handle: HttpHandle,
     ) -> Result<Self, String> {
         let socket = listener::bind(&name, addr)?;
         let lot = ParkingLot::new()
@@ -112,23 +120,16 @@ impl HttpListener {
         // never take that path).
         let mut o = pingora::apps::HttpServerOptions::default();
         o.h2c = true;
-        o.h2_idle_timeout = Some(settings.timeouts.idle);
+        o.h2_idle_timeout = Some(handle.settings.load().timeouts.idle);
         proxy.server_options = Some(o);
         Ok(HttpListener {
             name,
             socket,
             proxy: Arc::new(proxy),
-            settings: Arc::new(ArcSwap::from_pointee(settings)),
-            limits: Arc::new(ArcSwap::from_pointee(limits)),
+            settings: handle.settings,
+            limits: handle.limits,
             lot,
         })
-    }
-
-    pub fn handle(&self) -> HttpHandle {
-        HttpHandle {
-            settings: self.settings.clone(),
-            limits: self.limits.clone(),
-        }
     }
 
     /// Accepts and serves until the server stops or `stop` says so. Connections already
