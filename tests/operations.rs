@@ -1,8 +1,10 @@
 //! Running the proxy: SIGTERM lets requests in flight finish, JSON logs, backends given by
-//! host name and by IPv6 address.
+//! host name and by IPv6 address, readiness told to systemd, the example systemd unit.
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -87,4 +89,90 @@ async fn backends_by_host_name_and_ipv6_address() {
     }
     assert!(seen.contains(&v4.addr.to_string()), "{seen:?}");
     assert!(seen.contains(&v6.addr.to_string()), "{seen:?}");
+}
+
+/// systemd's side of `Type=notify`: the proxy sends `READY=1` to `$NOTIFY_SOCKET`, and by then
+/// every listener (the service's, the admin API's, the metrics') accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_is_told_ready_once_every_listener_accepts() {
+    let a = HttpBackend::start().await;
+    let (listen, admin, metrics) = (free_addr(), free_addr(), free_addr());
+    let cfg = with_admin(
+        admin,
+        &service_toml("http", listen, "", &[(a.addr, 1)]).replacen(
+            "[proxy]\n",
+            &format!("[proxy]\nmetrics = \"{metrics}\"\n"),
+            1,
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let path = dir.path().join("plugboard.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let got = tokio::time::timeout(Duration::from_secs(20), sock.recv(&mut buf)).await;
+    let ready: Vec<(SocketAddr, bool)> = [listen, admin, metrics]
+        .into_iter()
+        .map(|addr| (addr, std::net::TcpStream::connect(addr).is_ok()))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = got.expect("READY=1 within 20 s").unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(
+        ready.iter().all(|(_, ok)| *ok),
+        "accepting when ready: {ready:?}"
+    );
+}
+
+/// The unit in examples/systemd parses without a complaint from systemd (paths pointed at
+/// this build and an example configuration).
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let have = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have && !missing_dependency("systemd", "systemd-analyze checks the example unit") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let unit = std::fs::read_to_string(root.join("examples/systemd/plugboard.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("plugboard.service");
+    let quickstart = root.join("examples/quickstart.toml");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/plugboard", BIN).replace(
+            "/etc/plugboard/plugboard.toml",
+            quickstart.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let complaints = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "{complaints}"
+    );
 }

@@ -74,7 +74,11 @@ pub fn run(args: CtlArgs) -> ExitCode {
             } else {
                 print!("{}", table(&answer));
             }
-            ExitCode::SUCCESS
+            // A reload that applied but could not bind an address that changed hands.
+            match answer["errors"].as_array() {
+                Some(e) if !e.is_empty() => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(Failed(code, message)) => {
             eprintln!("plugboard ctl: {message}");

@@ -24,6 +24,7 @@ use crate::tls;
 pub mod frontends;
 pub mod fronts;
 pub mod live;
+pub mod ready;
 pub mod reload;
 
 use frontends::Frontends;
@@ -151,8 +152,16 @@ impl Built {
         };
         let control = Arc::new(Control::new(live.clone(), state));
         server.add_service(background_service(
-            "reload on SIGHUP",
-            ReloadOnHangup(control.clone()),
+            "reload on SIGHUP, readiness",
+            ReloadOnHangup {
+                control: control.clone(),
+                wait_for: cfg
+                    .admin
+                    .iter()
+                    .map(|a| a.listen)
+                    .chain(cfg.proxy.metrics)
+                    .collect(),
+            },
         ));
         if let Some(admin) = &cfg.admin {
             let mut svc = Service::new(

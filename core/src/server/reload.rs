@@ -272,8 +272,13 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// Reloads on SIGHUP (as `systemctl reload` sends it); the outcome is logged.
-pub struct ReloadOnHangup(pub Arc<crate::admin::control::Control>);
+/// Reloads on SIGHUP (as `systemctl reload` sends it); the outcome is logged. Once the
+/// signal is caught, tells systemd the proxy is ready (see `ready.rs`).
+pub struct ReloadOnHangup {
+    pub control: Arc<crate::admin::control::Control>,
+    /// Listeners pingora binds itself, awaited before readiness.
+    pub wait_for: Vec<SocketAddr>,
+}
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for ReloadOnHangup {
@@ -286,12 +291,13 @@ impl pingora::services::background::BackgroundService for ReloadOnHangup {
                 return;
             }
         };
+        super::ready::notify_when_accepting(&self.wait_for).await;
         loop {
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
                     // The outcome is logged by `Control::reload`.
-                    let _ = self.0.reload().await;
+                    let _ = self.control.reload().await;
                 }
                 _ = shutdown.changed() => return,
             }
