@@ -2,7 +2,8 @@
 //! reloads (by `plugboard ctl reload` and by SIGHUP) that add, remove and reorder backends
 //! and add and remove a whole service fail no request, drop no TCP connection and move no
 //! pinned client; a broken file is refused with its lines and the old configuration keeps
-//! serving; the operator's runtime changes survive a reload unless the file changed them.
+//! serving; the operator's runtime changes survive a reload unless the file changed them;
+//! plugins and certificates the new file names are loaded (or refused) before the switch.
 
 mod common;
 
@@ -392,4 +393,93 @@ async fn an_address_can_change_from_http_to_tcp_and_back() {
     let r = get_once(listen, "/").await.unwrap();
     assert!(list.iter().any(|(x, _)| x.to_string() == r.body), "{r:?}");
     drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_and_certificates_are_loaded_before_the_switch() {
+    let (a, b, list) = two().await;
+    let (listen, secure, admin) = (free_addr(), free_addr(), free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let head = format!(
+        "[admin]\nlisten = \"{admin}\"\n\n[proxy]\nthreads = 2\nplugins_dir = \"{}\"\n",
+        plugins.display()
+    );
+    let plain = |extra: &str| {
+        format!(
+            "{head}\n[[service]]\nname = \"web\"\nlisten = \"{listen}\"\n{extra}\n{}",
+            backends_toml(&list)
+        )
+    };
+    let pinned = |to: SocketAddr| {
+        plain(&format!(
+            "scheduler = \"plugin:pin\"\n[service.plugin.pin]\naddress = \"{to}\"\n"
+        ))
+    };
+    let p = Proxy::start(&plain(""), listen).await;
+    let path = config_path(&p);
+    let served = async || {
+        let list = bodies(listen, 10, &[]).await;
+        tally(list.iter().map(|r| r.body.as_str()))
+            .into_keys()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+
+    // The plugin file is not there yet: refused at the line of the reference.
+    rewrite(&path, &pinned(b.addr));
+    let (code, out, err) = ctl(admin, None, &["reload"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("{}:", path.display())) && err.contains("plugin:pin"),
+        "{err}"
+    );
+    assert_eq!(served().await.len(), 2, "round robin as before");
+    // With the plugin: loaded, and its settings apply.
+    std::fs::copy(
+        "../examples/plugins/lua/pin-backend.lua",
+        plugins.join("pin.lua"),
+    )
+    .unwrap();
+    let (code, out, err) = ctl(admin, None, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        served().await.into_iter().collect::<Vec<_>>(),
+        [b.addr.to_string()]
+    );
+    rewrite(&path, &pinned(a.addr));
+    assert_eq!(ctl(admin, None, &["reload"]).0, 0);
+    assert_eq!(
+        served().await.into_iter().collect::<Vec<_>>(),
+        [a.addr.to_string()]
+    );
+
+    // A TLS service whose certificate does not exist yet: refused, nothing listens.
+    let ca = common::tls::Ca::new(dir.path());
+    let cert_path = dir.path().join("web.pem");
+    let with_tls = format!(
+        "{}\n[[service]]\nname = \"secure\"\nlisten = \"{secure}\"\n\
+         [[service.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n{}",
+        pinned(a.addr),
+        cert_path.display(),
+        dir.path().join("web.key").display(),
+        backends_toml(&list)
+    );
+    rewrite(&path, &with_tls);
+    let (code, _, err) = ctl(admin, None, &["reload"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("web.pem"), "{err}");
+    assert!(std::net::TcpStream::connect(secure).is_err());
+    // Issued: the reload loads it and the new address serves TLS with it.
+    let issued = ca.issue("web", &["web.example.com"], common::tls::KeyType::Ecdsa, 30);
+    assert_eq!(issued.cert, cert_path);
+    let (code, out, err) = ctl(admin, None, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let resolve = format!("web.example.com:{}:{}", secure.port(), secure.ip());
+    let url = format!("https://web.example.com:{}/", secure.port());
+    let cafile = ca.cert.display().to_string();
+    let (status, _, body) =
+        common::tls::curl(&["--cacert", &cafile, "--resolve", &resolve, &url]).unwrap();
+    assert_eq!(status, 200);
+    assert!(list.iter().any(|(x, _)| x.to_string() == body), "{body}");
 }
