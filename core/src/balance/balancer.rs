@@ -74,6 +74,31 @@ impl HookSource for NoPlugins {
     }
 }
 
+/// How persistence took part in choosing the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Persisted {
+    /// The service has no persistence, or the request had no key.
+    None,
+    /// The key's pin (or the backend the client named) was used.
+    Hit,
+    /// No pin yet: the scheduler chose, and the pin was made.
+    New,
+    /// The pinned or named backend could not take it: the scheduler chose another.
+    Rebalanced,
+}
+
+impl Persisted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Persisted::None => "none",
+            Persisted::Hit => "hit",
+            Persisted::New => "new",
+            Persisted::Rebalanced => "rebalanced",
+        }
+    }
+}
+
 /// A persistence-key hook and the table its keys are pinned in.
 #[derive(Clone)]
 struct Persistence {
@@ -305,12 +330,26 @@ impl Balancer {
         outcome: &KeyOutcome<'_>,
         avoid: &[usize],
     ) -> Option<usize> {
-        let chosen = match (outcome, &self.persistence) {
-            (KeyOutcome::Reject, _) => None,
-            (KeyOutcome::Backend(i), _) if self.usable_pinned(*i, avoid) => Some(*i),
+        self.choose_persisted(req, outcome, avoid).0
+    }
+
+    /// [`Balancer::choose`], also telling how persistence took part (for the access log).
+    pub fn choose_persisted(
+        &self,
+        req: &Request<'_>,
+        outcome: &KeyOutcome<'_>,
+        avoid: &[usize],
+    ) -> (Option<usize>, Persisted) {
+        let (chosen, persisted) = match (outcome, &self.persistence) {
+            (KeyOutcome::Reject, _) => (None, Persisted::None),
+            (KeyOutcome::Backend(i), _) if self.usable_pinned(*i, avoid) => {
+                (Some(*i), Persisted::Hit)
+            }
+            (KeyOutcome::Backend(_), _) => (self.select(req, avoid), Persisted::Rebalanced),
             (KeyOutcome::Key(k), Some(p)) => {
-                match p.table.lookup(k).and_then(|id| self.pool.index_of(id)) {
-                    Some(i) if self.usable_pinned(i, avoid) => Some(i),
+                let pinned = p.table.lookup(k);
+                match pinned.and_then(|id| self.pool.index_of(id)) {
+                    Some(i) if self.usable_pinned(i, avoid) => (Some(i), Persisted::Hit),
                     _ => {
                         let req = Request {
                             key: Some(k),
@@ -320,11 +359,15 @@ impl Balancer {
                         if let Some(i) = i {
                             p.table.pin(k, self.pool.get(i).id);
                         }
-                        i
+                        let how = match pinned {
+                            Some(_) => Persisted::Rebalanced,
+                            None => Persisted::New,
+                        };
+                        (i, how)
                     }
                 }
             }
-            _ => self.select(req, avoid),
+            _ => (self.select(req, avoid), Persisted::None),
         };
         match chosen {
             Some(i) => self.counters[i].selected.inc(),
@@ -335,7 +378,7 @@ impl Balancer {
                 }
             }
         }
-        chosen
+        (chosen, persisted)
     }
 
     /// Persistence hook's response step.

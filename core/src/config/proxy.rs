@@ -100,7 +100,12 @@ pub(super) fn validate(r: &mut Reporter, p: Option<&raw::Proxy>, base: &Path) ->
             }
         }
     };
+    let access_log = p
+        .access_log
+        .as_ref()
+        .and_then(|a| access_log(r, a.get_ref(), base));
     ProxyConfig {
+        access_log,
         threads,
         plugins_dir,
         log_format,
@@ -111,4 +116,49 @@ pub(super) fn validate(r: &mut Reporter, p: Option<&raw::Proxy>, base: &Path) ->
         max_connections,
         secret,
     }
+}
+
+/// `access_log = { path, format }`: `path` is `"stdout"` or a file (relative to the
+/// configuration's folder) in a folder that exists.
+fn access_log(r: &mut Reporter, a: &raw::AccessLog, base: &Path) -> Option<AccessLogConfig> {
+    let format = match a.format.as_ref() {
+        None => AccessLogFormat::Json,
+        Some(f) => {
+            match f.get_ref().as_str() {
+                "json" => AccessLogFormat::Json,
+                "text" => AccessLogFormat::Text,
+                other => {
+                    r.err(
+                    f.span(),
+                    format!("access_log.format: unknown value {other:?}; expected \"json\" or \"text\""),
+                );
+                    return None;
+                }
+            }
+        }
+    };
+    let path = match a.path.get_ref().as_str() {
+        "stdout" => AccessLogPath::Stdout,
+        "" => {
+            r.err(
+                a.path.span(),
+                "access_log.path: empty; give a file or \"stdout\"",
+            );
+            return None;
+        }
+        p => {
+            let file = base.join(p);
+            match file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                    r.err(
+                        a.path.span(),
+                        format!("access_log.path: folder {} does not exist", dir.display()),
+                    );
+                    return None;
+                }
+                _ => AccessLogPath::File(file),
+            }
+        }
+    };
+    Some(AccessLogConfig { path, format })
 }

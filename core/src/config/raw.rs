@@ -34,6 +34,14 @@ pub struct Proxy {
     pub plugin_memory: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub secret_file: Option<Spanned<String>>,
+    pub access_log: Option<Spanned<AccessLog>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    pub path: Spanned<String>,
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +73,7 @@ pub struct Service {
     pub route: Option<Spanned<Match>>,
     pub redirect: Option<Spanned<String>>,
     pub backend_tls: Option<Spanned<BackendTls>>,
+    pub access_log: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -128,6 +128,7 @@ pub(super) fn validate(
         route,
         redirect_https,
         backend_tls,
+        access_log: s.access_log.as_ref().is_none_or(|v| *v.get_ref()),
     })
 }
 

@@ -290,6 +290,8 @@ pub struct ServiceConfig {
     /// `redirect = "https"`: every request gets a 301 to the same host and path over https.
     pub redirect_https: bool,
     pub backend_tls: Option<BackendTls>,
+    /// Requests or connections of this service go to the access log (when there is one).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +317,26 @@ pub struct ProxyConfig {
     pub max_connections: Option<usize>,
     /// Key material for cookie ids (`secret_file`, or [`DEFAULT_SECRET`]).
     pub secret: Arc<[u8]>,
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `[proxy] access_log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub path: AccessLogPath,
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogPath {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    Text,
 }
 
 /// A validated configuration.

@@ -23,6 +23,7 @@ pub struct Metrics {
     active: IntGaugeVec,
     up: IntGaugeVec,
     plugins: PluginMetrics,
+    access_log_dropped: IntCounter,
 }
 
 /// Plugin counters, labelled by plugin and service.
@@ -112,6 +113,14 @@ impl Metrics {
             "Requests or connections in flight",
         );
         let up = gauge("plugboard_backend_up", "1 when the backend is healthy");
+        let access_log_dropped = IntCounter::new(
+            "plugboard_access_log_dropped_total",
+            "Access log lines dropped because the writer lagged behind",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(access_log_dropped.clone()))
+            .expect("unique metric");
         Metrics {
             registry,
             selected,
@@ -121,7 +130,12 @@ impl Metrics {
             active,
             up,
             plugins,
+            access_log_dropped,
         }
+    }
+
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
     }
 
     pub fn plugins(&self) -> PluginMetrics {

@@ -1,4 +1,6 @@
-//! Seeing what the proxy does: logs ([`logging`]) and Prometheus metrics ([`metrics`]).
+//! Seeing what the proxy does: logs ([`logging`]), the access log ([`access_log`]) and
+//! Prometheus metrics ([`metrics`]).
 
+pub mod access_log;
 pub mod logging;
 pub mod metrics;

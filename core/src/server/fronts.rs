@@ -13,6 +13,7 @@ use pingora::server::configuration::ServerConf;
 use crate::balance::balancer::Balancer;
 use crate::config::{Config, Mode, ServiceConfig};
 use crate::io::limits::{Limit, Limits};
+use crate::observe::access_log::AccessLog;
 use crate::proxy::http::listener::{HttpHandle, HttpListener, Settings, Timeouts};
 use crate::proxy::http::phases::{HttpService, Route, Routes};
 use crate::proxy::tcp::{Conns, Target, TcpListenerUnit};
@@ -94,6 +95,7 @@ pub fn plan(
     balancers: &[Arc<Balancer>],
     process: &Limit,
     limits: &mut ServiceLimits,
+    log: Option<&Arc<AccessLog>>,
 ) -> Result<Plan, String> {
     let mut next = ServiceLimits::default();
     let mut certs = Vec::new();
@@ -111,7 +113,7 @@ pub fn plan(
         tcp.push(TcpPlan {
             service: s.name.clone(),
             addrs: s.listen.clone(),
-            target: Target::new(b.clone(), front)?,
+            target: Target::new(b.clone(), front, log)?,
             limits: Limits {
                 service: limits.get(s, &mut next),
                 process: process.clone(),
@@ -128,7 +130,7 @@ pub fn plan(
             .config();
         let routes = on
             .iter()
-            .map(|b| Route::new(b.clone()))
+            .map(|b| Route::new(b.clone(), log))
             .collect::<Result<Vec<_>, _>>()?;
         let tls = match &lead.tls {
             None => None,
@@ -141,7 +143,7 @@ pub fn plan(
         http.push(HttpPlan {
             addr,
             services: on.iter().map(|b| b.config().name.clone()).collect(),
-            routes: Routes::new(routes, lead.tls.is_some()),
+            routes: Routes::new(routes, lead.tls.is_some(), log),
             settings: Settings {
                 timeouts: Timeouts {
                     idle: lead.idle_timeout,

@@ -14,6 +14,7 @@ use pingora::server::configuration::ServerConf;
 use crate::balance::balancer::Balancer;
 use crate::config::Config;
 use crate::io::limits::Limit;
+use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::plugin::registry::Registry;
 use crate::proxy::http::phases::{Route, Routes};
@@ -28,6 +29,8 @@ pub struct Context {
     /// `[proxy] max_connections` (a change needs a restart).
     pub process: Limit,
     pub frontends: FrontendsHandle,
+    /// `[proxy] access_log` (a change needs a restart).
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// What changes with a reload, behind one lock (which also makes changes one at a time).
@@ -130,9 +133,13 @@ impl Live {
             let routes = f
                 .services
                 .iter()
-                .map(|s| Route::new(find(s).expect("a service of this address")))
+                .map(|s| {
+                    let b = find(s).expect("a service of this address");
+                    Route::new(b, self.ctx.access_log.as_ref())
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            http.push((f, Routes::new(routes, f.routes.load().tls())));
+            let tls = f.routes.load().tls();
+            http.push((f, Routes::new(routes, tls, self.ctx.access_log.as_ref())));
         }
         let mut tcp = Vec::new();
         for f in st.fronts.tcp.iter().filter(|f| f.service == service) {

@@ -17,6 +17,7 @@ use crate::balance::balancer::{Balancer, HookSource, NoPlugins};
 use crate::config::Config;
 use crate::health::HealthService;
 use crate::io::limits::{self, Limit};
+use crate::observe::access_log::{AccessLog, ReopenOnUsr1};
 use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::plugin::registry::Registry;
 use crate::tls;
@@ -96,8 +97,25 @@ impl Built {
             }
         }
         let process = Limit::new(process_max_connections(cfg));
+        let access_log = match &cfg.proxy.access_log {
+            None => None,
+            Some(a) => {
+                let log = AccessLog::start(a, self.metrics.access_log_dropped())?;
+                server.add_service(background_service(
+                    "access log reopen on SIGUSR1",
+                    ReopenOnUsr1(log.clone()),
+                ));
+                Some(log)
+            }
+        };
         let mut limits = ServiceLimits::default();
-        let plan = fronts::plan(cfg, &self.balancers, &process, &mut limits)?;
+        let plan = fronts::plan(
+            cfg,
+            &self.balancers,
+            &process,
+            &mut limits,
+            access_log.as_ref(),
+        )?;
         let (mut frontends, handle) = Frontends::new(cfg.proxy.threads);
         let mut running = Fronts::default();
         for p in plan.http {
@@ -131,6 +149,7 @@ impl Built {
                 conf,
                 process,
                 frontends: handle,
+                access_log,
             },
         ));
         server.add_service(background_service(

@@ -83,7 +83,14 @@ impl Live {
             .collect::<Result<Vec<_>, _>>()
             .map_err(one)?;
         let mut limits = st.limits.clone();
-        let plan = fronts::plan(&cfg, &balancers, &self.ctx.process, &mut limits).map_err(one)?;
+        let plan = fronts::plan(
+            &cfg,
+            &balancers,
+            &self.ctx.process,
+            &mut limits,
+            self.ctx.access_log.as_ref(),
+        )
+        .map_err(one)?;
 
         let old_http: HashMap<SocketAddr, &HttpFront> =
             st.fronts.http.iter().map(|f| (f.addr, f)).collect();
@@ -265,6 +272,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     differs("[proxy] grace_period", a.grace_period != b.grace_period);
     differs("[proxy] metrics", a.metrics != b.metrics);
     differs("[proxy] log_format", a.log_format != b.log_format);
+    differs("[proxy] access_log", a.access_log != b.access_log);
     differs("[admin]", old.admin != new.admin);
     for w in &out {
         tracing::warn!("reload: {w}");

@@ -145,6 +145,7 @@ impl CertStore {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+        super::session::note_sni(sni.as_deref());
         Some(self.lookup.load().find(sni.as_deref()))
     }
 }

@@ -60,6 +60,20 @@ pub struct TlsSession {
     sent: usize,
     /// The client ended its side (close_notify, or the TCP stream ended).
     eof: bool,
+    /// The name the client asked for (SNI), lowercased; for the access log.
+    sni: Option<Box<str>>,
+}
+
+thread_local! {
+    /// The SNI of the handshake step running on this thread: the certificate resolver notes
+    /// it, the session takes it right after the step (rustls' unbuffered server connection
+    /// does not keep it). Both happen in one synchronous call, so steps never mix.
+    static SNI: std::cell::RefCell<Option<Box<str>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Called by the certificate resolver with the client's SNI.
+pub fn note_sni(name: Option<&str>) {
+    SNI.with(|s| *s.borrow_mut() = name.map(Box::from));
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -88,7 +102,26 @@ impl TlsSession {
             out: Vec::new(),
             sent: 0,
             eof: false,
+            sni: None,
         })
+    }
+
+    /// The TLS version agreed, as OpenSSL names it (`TLSv1.3`).
+    pub fn version(&self) -> &'static str {
+        version_name(self.conn.protocol_version())
+    }
+
+    /// The cipher suite agreed.
+    pub fn cipher(&self) -> &'static str {
+        self.conn
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("-")
+    }
+
+    /// The name the client asked for (SNI), if it sent one.
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
     }
 
     /// The protocol agreed by ALPN.
@@ -99,7 +132,12 @@ impl TlsSession {
     /// Completes the handshake by `deadline`.
     pub async fn handshake(&mut self, tcp: &TcpStream, deadline: Instant) -> io::Result<()> {
         let drive = std::future::poll_fn(|cx| loop {
-            let stage = match self.drive(Outgoing::Nothing) {
+            SNI.with(|s| s.borrow_mut().take());
+            let step = self.drive(Outgoing::Nothing);
+            if let Some(name) = SNI.with(|s| s.borrow_mut().take()) {
+                self.sni = Some(name);
+            }
+            let stage = match step {
                 Ok(s) => s,
                 Err(e) => {
                     self.send_now(tcp);
@@ -396,5 +434,15 @@ fn alerts(conn: &mut UnbufferedServerConnection, incoming: &mut [u8], out: &mut 
             Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
             _ => return,
         }
+    }
+}
+
+/// A TLS version as OpenSSL and HAProxy name it.
+pub fn version_name(v: Option<rustls::ProtocolVersion>) -> &'static str {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(_) => "TLS",
+        None => "-",
     }
 }

@@ -35,11 +35,14 @@ pub struct Client {
     /// Bytes were read after the end of the current request's header: a body, or the start
     /// of a pipelined request.
     after_header: AtomicBool,
+    /// What the TLS client negotiated, for the requests' digest and the access log.
+    pub tls_info: Option<Arc<super::tls_info::TlsInfo>>,
 }
 
 impl Client {
     pub fn new(tcp: TcpStream, tls: Option<Box<TlsSession>>) -> Self {
         Client {
+            tls_info: tls.as_deref().map(super::tls_info::TlsInfo::of),
             tcp,
             tls: tls.map(Mutex::new),
             header_done: AtomicBool::new(false),

@@ -31,7 +31,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::l4::virt::VirtualSocketStream;
-use pingora::protocols::{SocketDigest, Stream};
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::net::TcpStream;
@@ -40,6 +40,7 @@ use rustls::ServerConfig;
 
 use super::client_socket::{Client, ClientSocket};
 use super::phases::HttpService;
+use super::tls_info::WithTls;
 use crate::io::limits::{Limits, Slots, Tally};
 use crate::io::listener::{self, stopping};
 use crate::io::parking::{LotWatcher, ParkingLot, PARK_AFTER};
@@ -352,11 +353,14 @@ fn has_pipelined_prefix(s: &HttpPersistentSettings) -> bool {
 /// pingora never asks the kernel for it.
 fn client_stream(client: &Arc<Client>, peer: SocketAddr) -> Stream {
     let socket = ClientSocket::new(client.clone());
-    let mut stream: Stream = Box::new(L4Stream::from(VirtualSocketStream::new(Box::new(socket))));
+    let mut stream = L4Stream::from(VirtualSocketStream::new(Box::new(socket)));
     let digest = SocketDigest::from_raw_fd(client.tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PeerAddr::Inet(peer)));
     stream.set_socket_digest(digest);
-    stream
+    match &client.tls_info {
+        None => Box::new(stream),
+        Some(info) => Box::new(WithTls::new(stream, info.clone())),
+    }
 }
 
 enum Wait {

@@ -5,3 +5,4 @@ mod client_socket;
 pub mod listener;
 pub mod phases;
 pub mod route;
+pub mod tls_info;

@@ -8,6 +8,7 @@
 //! | `fail_to_connect`        | passive health mark, retry once elsewhere (GET/HEAD)        |
 //! | `upstream_request_filter`| add `X-Forwarded-For`, set `X-Forwarded-Proto`              |
 //! | `response_filter`        | persistence hook's response step (e.g. insert a cookie)     |
+//! | `logging`                | the access log line                                         |
 //!
 //! Keep-alive on both sides and upstream connection reuse are pingora's; each request on a
 //! kept-alive client connection goes through `request_filter` and is balanced on its own.
@@ -17,6 +18,7 @@
 //! `request_filter` and keeps it to the end, so it finishes under the settings it began with.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -25,10 +27,11 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use super::route::{host_of, Router};
-use crate::balance::balancer::Balancer;
+use crate::balance::balancer::{Balancer, Persisted};
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::balance::pool::ActiveGuard;
 use crate::config::ServiceConfig;
+use crate::observe::access_log::{AccessLog, HttpLine, TlsFields};
 
 /// One service of a listen address.
 pub struct Route {
@@ -36,10 +39,13 @@ pub struct Route {
     /// One prepared peer per backend: a request clones it instead of building it.
     peers: Vec<HttpPeer>,
     keepalive_secs: u64,
+    /// The access log, unless the service opted out.
+    log: Option<Arc<AccessLog>>,
 }
 
 impl Route {
-    pub fn new(balancer: Arc<Balancer>) -> Result<Self, String> {
+    /// `log` is the process's access log (if any); the service's `access_log` decides.
+    pub fn new(balancer: Arc<Balancer>, log: Option<&Arc<AccessLog>>) -> Result<Self, String> {
         let cfg = balancer.config();
         let peers = cfg
             .backends
@@ -48,6 +54,7 @@ impl Route {
             .collect::<Result<_, _>>()?;
         Ok(Route {
             keepalive_secs: cfg.idle_timeout.as_secs().max(1),
+            log: log.filter(|_| cfg.access_log).cloned(),
             balancer,
             peers,
         })
@@ -82,15 +89,18 @@ pub struct Routes {
     router: Router,
     /// Clients speak TLS to this address (`X-Forwarded-Proto: https`).
     tls: bool,
+    /// The access log, for requests no service takes (404).
+    log: Option<Arc<AccessLog>>,
 }
 
 impl Routes {
-    pub fn new(routes: Vec<Route>, tls: bool) -> Routes {
+    pub fn new(routes: Vec<Route>, tls: bool, log: Option<&Arc<AccessLog>>) -> Routes {
         let router = Router::new(routes.iter().map(|r| r.balancer.config().route.clone()));
         Routes {
             routes,
             router,
             tls,
+            log: log.cloned(),
         }
     }
 
@@ -127,6 +137,12 @@ pub struct Ctx {
     failed: Vec<usize>,
     /// Holds the backend's active count while the request is in flight.
     active: Option<ActiveGuard>,
+    /// A service took the request (else 404).
+    routed: bool,
+    /// When `request_filter` began, and when the backend's response header arrived.
+    started: Option<Instant>,
+    ttfb: Option<Duration>,
+    persisted: Option<Persisted>,
 }
 
 impl Ctx {
@@ -156,10 +172,11 @@ impl HttpService {
         let req = self.request(session, ctx);
         let b = &ctx.route().balancer;
         let outcome = b.key(&req);
-        let chosen = b.choose(&req, &outcome, &ctx.failed);
+        let (chosen, persisted) = b.choose_persisted(&req, &outcome, &ctx.failed);
         if let KeyOutcome::Backend(i) = outcome {
             ctx.named = Some(i);
         }
+        ctx.persisted = Some(persisted);
         chosen
     }
 }
@@ -206,11 +223,13 @@ impl ProxyHttp for HttpService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.started = Some(Instant::now());
         let table = ctx.table.insert(self.current.load_full());
         let Some(route) = table.router.route(session.req_header()) else {
             return respond(session, 404, &[]).await;
         };
         ctx.route = route;
+        ctx.routed = true;
         let r = &table.routes[route];
         session.set_keepalive(Some(r.keepalive_secs));
         if r.balancer.config().redirect_https {
@@ -295,6 +314,7 @@ impl ProxyHttp for HttpService {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.ttfb = ctx.started.map(|t| t.elapsed());
         if let Some(served) = ctx.backend {
             let req = self.request(session, ctx);
             ctx.route()
@@ -302,5 +322,51 @@ impl ProxyHttp for HttpService {
                 .on_response(&req, ctx.named, served, upstream_response);
         }
         Ok(())
+    }
+
+    /// The access log line, once the request is over (whatever happened to it).
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(table) = &ctx.table else {
+            return;
+        };
+        let (log, route) = match ctx.routed {
+            true => (&ctx.route().log, Some(ctx.route())),
+            false => (&table.log, None),
+        };
+        let Some(log) = log else {
+            return;
+        };
+        let req = session.req_header();
+        let status = match (session.response_written(), e) {
+            (Some(r), _) => r.status.as_u16(),
+            (None, Some(e)) => match e.etype() {
+                ErrorType::HTTPStatus(s) => *s,
+                _ => 502,
+            },
+            (None, None) => 0,
+        };
+        let backend = ctx.backend.or(ctx.failed.last().copied());
+        let served = ctx.backend.is_some() as u32;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        log.http(&HttpLine {
+            time: SystemTime::now(),
+            service: route.map_or("-", |r| r.balancer.config().name.as_str()),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: req.method.as_str(),
+            host: std::str::from_utf8(host_of(req)).unwrap_or("-"),
+            path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+            status,
+            backend: route
+                .zip(backend)
+                .map(|(r, i)| r.balancer.pool.get(i).name.as_str()),
+            request_bytes: session.body_bytes_read() as u64,
+            response_bytes: session.body_bytes_sent() as u64,
+            ttfb_ms: ctx.ttfb.map(ms),
+            total_ms: ctx.started.map_or(0.0, |t| ms(t.elapsed())),
+            persistence: ctx.persisted.unwrap_or(Persisted::None),
+            retries: (ctx.failed.len() as u32 + served).saturating_sub(1),
+            tls: super::tls_info::of_request(session)
+                .map(|(version, sni)| TlsFields { version, sni }),
+        });
     }
 }

@@ -15,6 +15,7 @@ pub mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use pingora::server::ShutdownWatch;
@@ -24,12 +25,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::balance::balancer::Balancer;
+use crate::balance::balancer::{Balancer, Persisted};
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::config::Mode;
 use crate::io::limits::{Limits, Tally};
 use crate::io::listener;
+use crate::observe::access_log::{AccessLog, TcpEnd, TcpLine, TlsFields};
 use relay::relay;
+use relay::Relayed;
 
 /// The largest first message a hook may ask to see.
 pub const MAX_INSPECT_BYTES: usize = 16 * 1024;
@@ -55,12 +58,16 @@ pub struct Target {
     /// Terminates the clients' TLS.
     front: Option<TlsAcceptor>,
     back: Option<(TlsConnector, Vec<ServerName<'static>>)>,
+    /// The access log, unless the service opted out.
+    log: Option<Arc<AccessLog>>,
 }
 
 impl Target {
+    /// `log` is the process's access log (if any); the service's `access_log` decides.
     pub fn new(
         balancer: Arc<Balancer>,
         front: Option<Arc<rustls::ServerConfig>>,
+        log: Option<&Arc<AccessLog>>,
     ) -> Result<Target, String> {
         let cfg = balancer.config();
         let back = match &cfg.backend_tls {
@@ -76,15 +83,16 @@ impl Target {
             }
         };
         Ok(Target {
+            log: log.filter(|_| cfg.access_log).cloned(),
             balancer,
             front: front.map(TlsAcceptor::from),
             back,
         })
     }
 
-    /// The same client TLS with another balancer (backends added or removed).
+    /// The same client TLS and log with another balancer (backends added or removed).
     pub fn with_balancer(&self, balancer: Arc<Balancer>) -> Result<Target, String> {
-        let mut t = Target::new(balancer, None)?;
+        let mut t = Target::new(balancer, None, self.log.as_ref())?;
         t.front = self.front.clone();
         Ok(t)
     }
@@ -200,24 +208,84 @@ async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(tcp)
 }
 
-impl Target {
-    /// One client connection: TLS termination if configured, then the proxying.
-    async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
-        let Some(front) = &self.front else {
-            return self.proxy(tcp, peer).await;
-        };
-        let timeout = self.balancer.config().inspect_timeout;
-        match tokio::time::timeout(timeout, front.accept(tcp)).await {
-            Ok(Ok(tls)) => self.proxy(tls, peer).await,
-            Ok(Err(e)) => tracing::debug!(client = %peer, "TLS handshake failed: {e}"),
-            Err(_) => {
-                tracing::debug!(client = %peer, "TLS handshake not done within inspect_timeout")
-            }
+/// What a connection's access log line reports.
+struct Outcome {
+    backend: Option<usize>,
+    persisted: Persisted,
+    retries: u32,
+    relayed: Relayed,
+}
+
+impl Outcome {
+    fn ended(end: TcpEnd) -> Outcome {
+        Outcome {
+            backend: None,
+            persisted: Persisted::None,
+            retries: 0,
+            relayed: Relayed {
+                bytes_in: 0,
+                bytes_out: 0,
+                end,
+            },
         }
+    }
+}
+
+impl Target {
+    /// One client connection: TLS termination if configured, then the proxying, then its
+    /// access log line.
+    async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
+        let started = std::time::Instant::now();
+        let (outcome, tls) = match &self.front {
+            None => (self.proxy(tcp, peer).await, None),
+            Some(front) => {
+                let timeout = self.balancer.config().inspect_timeout;
+                match tokio::time::timeout(timeout, front.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let conn = tls.get_ref().1;
+                        let version = crate::tls::session::version_name(conn.protocol_version());
+                        let sni: Option<Box<str>> = match &self.log {
+                            Some(_) => conn.server_name().map(Box::from),
+                            None => None,
+                        };
+                        (self.proxy(tls, peer).await, Some((version, sni)))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %peer, "TLS handshake failed: {e}");
+                        (Outcome::ended(TcpEnd::TlsError), None)
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %peer, "TLS handshake not done within inspect_timeout");
+                        (Outcome::ended(TcpEnd::TlsError), None)
+                    }
+                }
+            }
+        };
+        let Some(log) = &self.log else {
+            return;
+        };
+        let b = &self.balancer;
+        let r = outcome.relayed;
+        log.tcp(&TcpLine {
+            time: SystemTime::now(),
+            service: &b.config().name,
+            client: peer,
+            backend: outcome.backend.map(|i| b.pool.get(i).name.as_str()),
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            persistence: outcome.persisted,
+            retries: outcome.retries,
+            end: r.end,
+            tls: tls.as_ref().map(|(version, sni)| TlsFields {
+                version,
+                sni: sni.as_deref(),
+            }),
+        });
     }
 
     /// From the client's first bytes to the end of the relay.
-    async fn proxy<C: ClientStream>(&self, mut client: C, peer: SocketAddr) {
+    async fn proxy<C: ClientStream>(&self, mut client: C, peer: SocketAddr) -> Outcome {
         let b = &self.balancer;
         let cfg = b.config();
         let base = Request {
@@ -242,10 +310,24 @@ impl Target {
             o => o,
         };
 
-        let mut failed = Vec::new();
+        let mut failed: Vec<usize> = Vec::new();
+        let mut persisted = Persisted::None;
+        let done = |failed: &[usize], persisted, end| Outcome {
+            backend: failed.last().copied(),
+            persisted,
+            retries: (failed.len() as u32).saturating_sub(1),
+            ..Outcome::ended(end)
+        };
         let (i, server) = loop {
-            let Some(i) = b.choose(&req, &outcome, &failed) else {
-                return;
+            let (chosen, how) = b.choose_persisted(&req, &outcome, &failed);
+            if failed.is_empty() {
+                persisted = how;
+            }
+            let Some(i) = chosen else {
+                return match failed.is_empty() {
+                    true => Outcome::ended(TcpEnd::NoBackend),
+                    false => done(&failed, persisted, TcpEnd::ConnectFailure),
+                };
             };
             match tokio::time::timeout(cfg.connect_timeout, connect(b.pool.get(i).address)).await {
                 Ok(Ok(s)) => break (i, s),
@@ -253,27 +335,40 @@ impl Target {
                     b.connect_failed(i);
                     failed.push(i);
                     if failed.len() > cfg.retries as usize {
-                        return;
+                        return done(&failed, persisted, TcpEnd::ConnectFailure);
                     }
                 }
             }
         };
         let _active = b.pool.acquire(i);
+        let served = |relayed| Outcome {
+            backend: Some(i),
+            persisted,
+            retries: failed.len() as u32,
+            relayed,
+        };
+        let nothing = |end| Relayed {
+            bytes_in: 0,
+            bytes_out: 0,
+            end,
+        };
         match &self.back {
-            None => client.relay_to(server, payload, cfg.idle_timeout).await,
+            None => served(client.relay_to(server, payload, cfg.idle_timeout).await),
             Some((connector, names)) => {
                 let handshake = connector.connect(names[i].clone(), server);
                 let mut server = match tokio::time::timeout(cfg.connect_timeout, handshake).await {
                     Ok(Ok(s)) => s,
                     _ => {
                         b.connect_failed(i);
-                        return;
+                        return served(nothing(TcpEnd::ConnectFailure));
                     }
                 };
                 if !payload.is_empty() && server.write_all(&payload).await.is_err() {
-                    return;
+                    return served(nothing(TcpEnd::BackendClose));
                 }
-                relay::relay_streams(client, server, cfg.idle_timeout).await;
+                let mut r = relay::relay_streams(client, server, cfg.idle_timeout).await;
+                r.bytes_in += payload.len() as u64;
+                served(r)
             }
         }
     }
@@ -282,25 +377,38 @@ impl Target {
 /// A client connection: a bare socket (relayed by readiness) or a TLS stream.
 trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Sends `payload` to `server`, then copies both ways.
-    async fn relay_to(self, server: TcpStream, payload: Vec<u8>, idle: std::time::Duration);
+    async fn relay_to(self, server: TcpStream, payload: Vec<u8>, idle: Duration) -> Relayed;
 }
 
+/// The backend closed before it took the inspected bytes.
+const REFUSED_PAYLOAD: Relayed = Relayed {
+    bytes_in: 0,
+    bytes_out: 0,
+    end: TcpEnd::BackendClose,
+};
+
 impl ClientStream for TcpStream {
-    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: std::time::Duration) {
+    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: Duration) -> Relayed {
         if !payload.is_empty() && server.write_all(&payload).await.is_err() {
-            return;
+            return REFUSED_PAYLOAD;
         }
+        let sent = payload.len() as u64;
         drop(payload);
-        relay(&self, &server, idle).await;
+        let mut r = relay(&self, &server, idle).await;
+        r.bytes_in += sent;
+        r
     }
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: std::time::Duration) {
+    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: Duration) -> Relayed {
         if !payload.is_empty() && server.write_all(&payload).await.is_err() {
-            return;
+            return REFUSED_PAYLOAD;
         }
+        let sent = payload.len() as u64;
         drop(payload);
-        relay::relay_streams(self, server, idle).await;
+        let mut r = relay::relay_streams(self, server, idle).await;
+        r.bytes_in += sent;
+        r
     }
 }

@@ -15,7 +15,7 @@
 //! ```
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
@@ -23,28 +23,39 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::io::socket;
+use crate::observe::access_log::TcpEnd;
 
 /// Buffer per moving direction: large enough that a bulk transfer needs few system calls per
 /// megabyte (benches/run row 3a).
 pub const RELAY_BUFFER: usize = 32 * 1024;
 
+/// What a relay moved, and how it ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    /// Bytes from the client to the backend.
+    pub bytes_in: u64,
+    /// Bytes from the backend to the client.
+    pub bytes_out: u64,
+    pub end: TcpEnd,
+}
+
 /// Copies both ways until both directions are closed, one fails, or nothing was read for `idle`.
-pub async fn relay(client: &TcpStream, server: &TcpStream, idle: Duration) {
+pub async fn relay(client: &TcpStream, server: &TcpStream, idle: Duration) -> Relayed {
     let shared = Shared::new();
     let copy = async {
         // The first error ends both directions; the caller closes both sockets.
         let _ = tokio::try_join!(
-            pipe(client, server, &shared, 0),
-            pipe(server, client, &shared, 1)
+            shared.ended(0, pipe(client, server, &shared, 0)),
+            shared.ended(1, pipe(server, client, &shared, 1))
         );
     };
-    shared.until_idle(copy, idle).await;
+    shared.until_idle(copy, idle).await
 }
 
 /// The same for streams that are not bare sockets (TLS on either side): each direction
 /// copies through a buffer of [`STREAM_BUFFER`] bytes, flushing after each write so that a
 /// TLS record leaves at once.
-pub async fn relay_streams<A, B>(a: A, b: B, idle: Duration)
+pub async fn relay_streams<A, B>(a: A, b: B, idle: Duration) -> Relayed
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -53,9 +64,12 @@ where
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = tokio::io::split(b);
     let copy = async {
-        let _ = tokio::try_join!(copy(ar, bw, &shared), copy(br, aw, &shared));
+        let _ = tokio::try_join!(
+            shared.ended(0, copy(ar, bw, &shared, 0)),
+            shared.ended(1, copy(br, aw, &shared, 1))
+        );
     };
-    shared.until_idle(copy, idle).await;
+    shared.until_idle(copy, idle).await
 }
 
 /// Buffer of each direction of [`relay_streams`].
@@ -65,6 +79,7 @@ async fn copy(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     shared: &Shared,
+    dir: usize,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; STREAM_BUFFER];
     loop {
@@ -72,11 +87,14 @@ async fn copy(
         if n == 0 {
             return to.shutdown().await;
         }
-        shared.touch();
+        shared.moved(dir, n);
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
     }
 }
+
+/// No direction has ended yet.
+const RUNNING: u8 = 2;
 
 impl Shared {
     fn new() -> Shared {
@@ -84,16 +102,38 @@ impl Shared {
             start: Instant::now(),
             last_read_ms: AtomicU64::new(0),
             closed: [AtomicBool::new(false), AtomicBool::new(false)],
+            bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+            first_end: AtomicU8::new(RUNNING),
         }
     }
 
-    fn touch(&self) {
+    /// `n` bytes read in direction `dir` (and so, activity).
+    fn moved(&self, dir: usize, n: usize) {
+        self.bytes[dir].fetch_add(n as u64, Relaxed);
         self.last_read_ms
             .store(self.start.elapsed().as_millis() as u64, Relaxed);
     }
 
+    /// Runs direction `dir` and notes it if it is the first to end (closed or failed): its
+    /// source's side is the one that ended the connection.
+    async fn ended(
+        &self,
+        dir: usize,
+        f: impl std::future::Future<Output = io::Result<()>>,
+    ) -> io::Result<()> {
+        let r = f.await;
+        let _ = self
+            .first_end
+            .compare_exchange(RUNNING, dir as u8, Relaxed, Relaxed);
+        r
+    }
+
     /// Runs `copy` until it ends or nothing was read for `idle`.
-    async fn until_idle(&self, copy: impl std::future::Future<Output = ()>, idle: Duration) {
+    async fn until_idle(
+        &self,
+        copy: impl std::future::Future<Output = ()>,
+        idle: Duration,
+    ) -> Relayed {
         let watchdog = async {
             loop {
                 let since = Duration::from_millis(self.last_read_ms.load(Relaxed));
@@ -104,9 +144,20 @@ impl Shared {
                 tokio::time::sleep_until(deadline.into()).await;
             }
         };
-        tokio::select! {
-            () = copy => {}
-            () = watchdog => tracing::debug!("tcp connection idle for {idle:?}, closing"),
+        let end = tokio::select! {
+            () = copy => match self.first_end.load(Relaxed) {
+                1 => TcpEnd::BackendClose,
+                _ => TcpEnd::ClientClose,
+            },
+            () = watchdog => {
+                tracing::debug!("tcp connection idle for {idle:?}, closing");
+                TcpEnd::IdleTimeout
+            }
+        };
+        Relayed {
+            bytes_in: self.bytes[0].load(Relaxed),
+            bytes_out: self.bytes[1].load(Relaxed),
+            end,
         }
     }
 }
@@ -116,6 +167,10 @@ struct Shared {
     last_read_ms: AtomicU64,
     /// Per direction: its source sent FIN and everything read was written on.
     closed: [AtomicBool; 2],
+    /// Bytes read per direction (0: from the client, 1: from the backend).
+    bytes: [AtomicU64; 2],
+    /// The direction that ended first, or [`RUNNING`].
+    first_end: AtomicU8,
 }
 
 /// One direction: `from`'s bytes to `to`, then `to`'s write side closed.
@@ -134,7 +189,7 @@ async fn pipe(from: &TcpStream, to: &TcpStream, shared: &Shared, dir: usize) -> 
         if n == 0 {
             break;
         }
-        shared.touch();
+        shared.moved(dir, n);
         write_all(to, &buf).await?;
         if n < buf.capacity() {
             // Drained: free the buffer while the socket is quiet.
