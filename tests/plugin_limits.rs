@@ -139,6 +139,8 @@ async fn lua_cannot_escape_its_deadline_and_others_keep_being_served() {
     assert!(
         !text
             .lines()
+            .filter(|l| l.starts_with("plugboard_plugin_faults_total")
+                || l.starts_with("plugboard_plugin_skipped_total"))
             .any(|l| l.contains("plugin=\"plainfind\"") && !l.ends_with(" 0")),
         "plain search faulted:\n{text}\n{}",
         p.log_text()

@@ -3,6 +3,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /healthz` | 200 `ok` while the proxy serves (no token) |
+//! | `GET /metrics` | the Prometheus exposition (as `[proxy] metrics` serves it) |
 //! | `GET /api/v1/services` | every service with its backends |
 //! | `GET /api/v1/services/{service}` | one service |
 //! | `PUT /api/v1/services/{service}/backends/{backend}` `{"state": "drain", "weight": 5}` | the service after the change |
@@ -29,6 +30,8 @@ const MAX_BODY: usize = 64 * 1024;
 pub struct AdminApp {
     pub control: Arc<Control>,
     pub token: Option<Arc<str>>,
+    /// `GET /metrics` here too (with the token, as the API).
+    pub metrics: crate::observe::metrics::MetricsApp,
 }
 
 fn json(status: u16, body: &impl Serialize) -> Response<Vec<u8>> {
@@ -114,13 +117,19 @@ impl AdminApp {
                 _ => error(405, "GET /healthz"),
             };
         }
-        if parts.first() != Some(&"api") {
+        if parts.first() != Some(&"api") && path != "/metrics" {
             return error(404, format!("no such path: {path}"));
         }
         if !self.authorised(session) {
             tracing::warn!(client = %peer(session), %method, %path, "admin API: refused, bad or missing token");
             session.set_keepalive(None);
             return error(401, "a valid `Authorization: Bearer <token>` is required");
+        }
+        if path == "/metrics" {
+            return match method {
+                Method::GET => self.metrics.answer(),
+                _ => error(405, "GET /metrics"),
+            };
         }
         match (&method, &parts[1..]) {
             (&Method::GET, ["v1", "services"]) => json(

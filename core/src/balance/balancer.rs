@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::http::ResponseHeader;
-use prometheus::IntCounter;
 
 use super::hooks::{
     HealthCheck, HealthReport, KeyOutcome, PersistenceKey, Pick, Request, SelectServer,
@@ -21,7 +20,7 @@ use super::persistence::{MemoryTable, PersistenceTable};
 use super::pool::{Pool, Transition};
 use crate::config::ServiceConfig;
 use crate::config::{Config, HealthConfig, HealthKind, PersistenceKeyKind, SchedulerKind};
-use crate::observe::metrics::{BackendCounters, Metrics};
+use crate::observe::metrics::{BackendCounters, Metrics, ServiceCounters};
 
 /// Where the hooks that a configuration names as `plugin:<name>` come from (the plugin
 /// registry). `service` is an index into `cfg.services`.
@@ -120,7 +119,7 @@ pub struct Balancer {
     /// A scheduler plugin's own health-check hook, run as a load/agent feed.
     agent_feed: Option<AgentFeed>,
     counters: Vec<BackendCounters>,
-    no_backend: IntCounter,
+    service: ServiceCounters,
     no_backend_log: Arc<crate::observe::logging::RateLimit>,
     metrics: Arc<Metrics>,
     key: CookieKey,
@@ -150,6 +149,7 @@ impl Balancer {
             ),
             None => Pool::new(&cfg.name, &cfg.backends, cfg.slow_start, &key),
         });
+        let service_counters = metrics.service(&cfg.name);
         let kept_table = prev
             .and_then(|p| {
                 p.persistence
@@ -188,8 +188,13 @@ impl Balancer {
                         .expect("built-in key")
                         .into(),
                 },
-                table: kept_table
-                    .unwrap_or_else(|| Arc::new(MemoryTable::new(p.timeout, p.max_entries))),
+                table: kept_table.unwrap_or_else(|| {
+                    Arc::new(MemoryTable::new(
+                        p.timeout,
+                        p.max_entries,
+                        service_counters.evictions.clone(),
+                    ))
+                }),
             }),
         };
         let health = match &cfg.health_check {
@@ -212,7 +217,7 @@ impl Balancer {
             .map(|b| metrics.backend(&cfg.name, &b.name))
             .collect();
         Ok(Balancer {
-            no_backend: metrics.no_backend(&cfg.name),
+            service: service_counters,
             no_backend_log: Default::default(),
             cfg: cfg.clone(),
             pool,
@@ -259,7 +264,7 @@ impl Balancer {
             health: self.health.clone(),
             agent_feed: self.agent_feed.clone(),
             counters,
-            no_backend: self.no_backend.clone(),
+            service: self.service.clone(),
             no_backend_log: self.no_backend_log.clone(),
             metrics: self.metrics.clone(),
             key: self.key.clone(),
@@ -372,13 +377,39 @@ impl Balancer {
         match chosen {
             Some(i) => self.counters[i].selected.inc(),
             None => {
-                self.no_backend.inc();
+                self.service.no_backend.inc();
                 if self.no_backend_log.allow() {
                     tracing::warn!(service = %self.cfg.name, "no backend available");
                 }
             }
         }
+        let lookup = match persisted {
+            Persisted::None => None,
+            Persisted::Hit => Some(0),
+            Persisted::New => Some(1),
+            Persisted::Rebalanced => Some(2),
+        };
+        if let Some(k) = lookup {
+            self.service.persistence[k].inc();
+        }
         (chosen, persisted)
+    }
+
+    /// The service's metric handles.
+    #[inline]
+    pub fn service_counters(&self) -> &ServiceCounters {
+        &self.service
+    }
+
+    /// Backend `i`'s metric handles.
+    #[inline]
+    pub fn backend_counters(&self, i: usize) -> &BackendCounters {
+        &self.counters[i]
+    }
+
+    /// Entries in the persistence table, if the service has one.
+    pub fn persistence_entries(&self) -> Option<u64> {
+        self.persistence.as_ref().map(|p| p.table.len())
     }
 
     /// Persistence hook's response step.

@@ -122,7 +122,17 @@ async fn check_loop(b: Arc<Balancer>, check: Arc<dyn HealthCheck>, cfg: HealthCo
         tick.tick().await;
         // The check bounds itself by the timeout (from when it starts, not while it waits for
         // a plugin check thread).
-        if let Some(report) = check.check(&b.pool, i, target, cfg.timeout).await {
+        let started = std::time::Instant::now();
+        let report = check.check(&b.pool, i, target, cfg.timeout).await;
+        b.service_counters()
+            .check_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Some(report) = report {
+            let c = b.backend_counters(i);
+            match report.up {
+                true => c.checks_ok.inc(),
+                false => c.checks_failed.inc(),
+            }
             b.observe(i, report, "health check");
         }
     }

@@ -7,6 +7,7 @@
 //! held by the connection wherever it is (its task, the parking lot) and returned when it
 //! closes.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,27 +35,65 @@ pub struct Slots {
 }
 
 /// Counts the connections a listener accepted that are still open (wherever they are: a
-/// task, the parking lot), so that a listener a reload dropped knows when it is done.
+/// task, the parking lot), so that a listener a reload dropped knows when it is done; and,
+/// for the metrics, how many it accepted and how often a limit stopped it.
 #[derive(Clone, Default)]
-pub struct Tally(Arc<std::sync::atomic::AtomicUsize>);
+pub struct Tally(Arc<TallyCounts>);
+
+#[derive(Default)]
+pub struct TallyCounts {
+    open: AtomicUsize,
+    accepted: AtomicU64,
+    limit_waits: AtomicU64,
+}
 
 /// One connection in a [`Tally`], for as long as it lives.
-pub struct Present(Arc<std::sync::atomic::AtomicUsize>);
+pub struct Present(Arc<TallyCounts>);
 
 impl Tally {
+    /// A connection was accepted: its place in the count, for as long as it lives.
     pub fn enter(&self) -> Present {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.open.fetch_add(1, Relaxed);
         Present(self.0.clone())
     }
 
+    /// A connection was accepted.
+    pub fn accepted(&self) {
+        self.0.accepted.fetch_add(1, Relaxed);
+    }
+
+    /// The listener waits for a limit before accepting more.
+    pub fn waiting(&self) {
+        self.0.limit_waits.fetch_add(1, Relaxed);
+    }
+
     pub fn count(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.open.load(Relaxed)
+    }
+
+    pub fn counts(&self) -> &Arc<TallyCounts> {
+        &self.0
+    }
+}
+
+impl TallyCounts {
+    /// Connections open.
+    pub fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Relaxed)
+    }
+
+    pub fn limit_waits(&self) -> u64 {
+        self.limit_waits.load(Relaxed)
     }
 }
 
 impl Drop for Present {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Relaxed);
     }
 }
 
@@ -66,6 +105,20 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// A slot of each limit if both have room now.
+    pub fn try_acquire(&self) -> Option<Slots> {
+        let service = match &self.service {
+            Some(l) => Some(l.0.clone().try_acquire_owned().ok()?),
+            None => None,
+        };
+        let process = self.process.0.clone().try_acquire_owned().ok()?;
+        Some(Slots {
+            _service: service,
+            _process: process,
+            _present: None,
+        })
+    }
+
     /// Waits until both limits have room, then holds a slot of each.
     pub async fn acquire(&self) -> Slots {
         let service = match &self.service {

@@ -89,11 +89,19 @@ async fn accept_loop(
     let errors = RateLimit::default();
     loop {
         // Above a limit, new connections wait in the backlog.
-        let mut slots = limits.load_full().acquire().await;
-        slots._present = Some(tally.enter());
+        let limits = limits.load_full();
+        let mut slots = match limits.try_acquire() {
+            Some(s) => s,
+            None => {
+                tally.waiting();
+                limits.acquire().await
+            }
+        };
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
+                    slots._present = Some(tally.enter());
+                    tally.accepted();
                     let _ = tcp.set_nodelay(true);
                     handle(tcp, peer, slots);
                     break;

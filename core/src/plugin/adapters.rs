@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pingora::http::ResponseHeader;
 
-use super::binding::{Binding, CallError};
+use super::binding::{Binding, CallError, KEY_HOOK, SELECT_HOOK};
 use super::runtime::{Fault, FaultKind, SelectCall, HOOK_RESPONSE};
 use crate::balance::hooks::{KeyOutcome, PersistenceKey, Pick, Request, SelectServer};
 use crate::balance::pool::Pool;
@@ -17,7 +17,7 @@ pub struct PluginSelect(pub Arc<Binding>);
 impl SelectServer for PluginSelect {
     fn select(&self, req: &Request<'_>, pool: &Pool, avoid: &[usize]) -> Pick {
         let call = SelectCall { req, pool, avoid };
-        let r = self.0.call(|i| {
+        let r = self.0.call(SELECT_HOOK, |i| {
             i.select(&call).and_then(|p| match p {
                 Some(i) if i >= pool.len() => Err(Fault::new(
                     FaultKind::Invalid,
@@ -68,7 +68,7 @@ impl PersistenceKey for PluginKey {
     }
 
     fn key<'r>(&self, req: &Request<'r>, pool: &Pool) -> KeyOutcome<'r> {
-        let r = self.binding.call(|i| {
+        let r = self.binding.call(KEY_HOOK, |i| {
             i.key(req, pool).and_then(|o| match o {
                 KeyOutcome::Backend(i) if i >= pool.len() => Err(Fault::new(
                     FaultKind::Invalid,
@@ -96,7 +96,7 @@ impl PersistenceKey for PluginKey {
         }
         if let Err(e) = self
             .binding
-            .call(|i| i.on_response(req, named, served, pool, resp))
+            .call(KEY_HOOK, |i| i.on_response(req, named, served, pool, resp))
         {
             self.binding.failed("response step", &e);
         }

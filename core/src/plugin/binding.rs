@@ -9,8 +9,9 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
 
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter};
 
 use super::breaker::Breaker;
 use super::log::PluginLog;
@@ -19,7 +20,7 @@ use super::slot::Slot;
 use super::spares::{Factory, Spares};
 use crate::config::PluginErrorPolicy;
 use crate::observe::logging::RateLimit;
-use crate::observe::metrics::PluginMetrics;
+use crate::observe::metrics::{PluginMetrics, HOOKS};
 
 /// Why a call did not produce an answer.
 #[derive(Debug)]
@@ -30,12 +31,20 @@ pub enum CallError {
     Skipped(&'static str),
 }
 
-/// Fault counters of one binding, resolved once.
+/// Counters of one binding, resolved once.
 struct Counters {
     faults: [IntCounter; 5],
     circuit_open: IntCounter,
     not_ready: IntCounter,
+    /// Calls made and their durations, per hook (in the order of `metrics::HOOKS`).
+    calls: [IntCounter; 3],
+    durations: [Histogram; 3],
 }
+
+/// The hooks, as indexes of the call counters.
+pub const SELECT_HOOK: usize = 0;
+pub const KEY_HOOK: usize = 1;
+pub const HEALTH_HOOK: usize = 2;
 
 fn kind_index(k: FaultKind) -> usize {
     match k {
@@ -105,6 +114,8 @@ impl Binding {
                 ],
                 circuit_open: metrics.skipped.with_label_values(&[p, s, "circuit_open"]),
                 not_ready: metrics.skipped.with_label_values(&[p, s, "not_ready"]),
+                calls: HOOKS.map(|h| metrics.calls.with_label_values(&[p, s, h])),
+                durations: HOOKS.map(|h| metrics.call_seconds.with_label_values(&[p, h])),
             },
             slot: spec.slot,
             service: spec.service,
@@ -147,6 +158,7 @@ impl Binding {
     /// and feed the breaker; the caller decides what the service does instead (the policy).
     pub fn call<R>(
         &self,
+        hook: usize,
         f: impl FnOnce(&mut dyn Instance) -> Result<R, Fault>,
     ) -> Result<R, CallError> {
         if !self.breaker.allows() {
@@ -179,7 +191,10 @@ impl Binding {
                 self.factory.poke();
             }
             let (_, inst) = entry.as_mut().expect("filled above");
-            match f(inst.as_mut()) {
+            let started = Instant::now();
+            let r = f(inst.as_mut());
+            self.counted(hook, started.elapsed());
+            match r {
                 Ok(r) => {
                     self.breaker.success();
                     Ok(r)
@@ -193,6 +208,12 @@ impl Binding {
                 }
             }
         })
+    }
+
+    /// Counts a call of `hook` that took `took`.
+    pub fn counted(&self, hook: usize, took: std::time::Duration) {
+        self.counters.calls[hook].inc();
+        self.counters.durations[hook].observe(took.as_secs_f64());
     }
 
     /// Counts and logs a fault (at most once per second per binding) and feeds the breaker.

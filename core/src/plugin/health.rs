@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::binding::HEALTH_HOOK;
 use super::binding::{Binding, CallError};
 use super::contract::NetScope;
 use super::runtime::{HealthCall, Instance};
@@ -89,7 +90,10 @@ fn run(
             deadline: Instant::now() + job.budget,
         },
     };
-    match i.health(&call) {
+    let started = Instant::now();
+    let r = i.health(&call);
+    b.counted(HEALTH_HOOK, started.elapsed());
+    match r {
         Ok(r) => {
             b.breaker.success();
             Ok(r)

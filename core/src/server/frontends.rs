@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::server::{ListenFds, ShutdownWatch};
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::io::limits::Tally;
 use crate::io::listener::stopping;
+use crate::observe::metrics::Metrics;
 use crate::proxy::http::listener::HttpListener;
 use crate::proxy::tcp::TcpListenerUnit;
 
@@ -38,6 +40,7 @@ pub struct Frontends {
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     /// Worker threads of each listener's runtime.
     threads: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// Starts and stops listeners of a running [`Frontends`].
@@ -47,13 +50,14 @@ pub struct FrontendsHandle {
 }
 
 impl Frontends {
-    pub fn new(threads: usize) -> (Frontends, FrontendsHandle) {
+    pub fn new(threads: usize, metrics: Arc<Metrics>) -> (Frontends, FrontendsHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Frontends {
                 initial: Vec::new(),
                 commands: Some(rx),
                 threads,
+                metrics,
             },
             FrontendsHandle { tx },
         )
@@ -88,8 +92,16 @@ const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Starts `unit` on a runtime of its own, on a thread that keeps the runtime until the
 /// listener has stopped and every connection it accepted has ended (or the server stops).
-fn spawn(addr: SocketAddr, unit: Unit, threads: usize, shutdown: &ShutdownWatch) -> Running {
+fn spawn(
+    addr: SocketAddr,
+    unit: Unit,
+    threads: usize,
+    shutdown: &ShutdownWatch,
+    metrics: &Metrics,
+) -> Running {
     let (stop, stopped) = watch::channel(false);
+    let tally = Tally::default();
+    metrics.add_listener(addr, tally.counts());
     let (closed, on_closed) = oneshot::channel();
     let mut shutdown = shutdown.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -108,7 +120,6 @@ fn spawn(addr: SocketAddr, unit: Unit, threads: usize, shutdown: &ShutdownWatch)
     let spawned = std::thread::Builder::new()
         .name(format!("listener {addr}"))
         .spawn(move || {
-            let tally = Tally::default();
             runtime.block_on(async {
                 match unit {
                     Unit::Http(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
@@ -150,16 +161,17 @@ impl Service for Frontends {
             return;
         };
         let threads = self.threads;
+        let metrics = self.metrics.clone();
         let mut running: HashMap<SocketAddr, Running> = HashMap::new();
         for (addr, unit) in self.initial.drain(..) {
-            running.insert(addr, spawn(addr, unit, threads, &shutdown));
+            running.insert(addr, spawn(addr, unit, threads, &shutdown, &metrics));
         }
         let mut open = true;
         loop {
             tokio::select! {
                 c = commands.recv(), if open => match c {
                     Some(Command::Start(addr, unit)) => {
-                        running.insert(addr, spawn(addr, unit, threads, &shutdown));
+                        running.insert(addr, spawn(addr, unit, threads, &shutdown, &metrics));
                     }
                     Some(Command::Stop(addr, done)) => match running.remove(&addr) {
                         Some((stop, closed)) => {

@@ -116,7 +116,7 @@ impl Built {
             &mut limits,
             access_log.as_ref(),
         )?;
-        let (mut frontends, handle) = Frontends::new(cfg.proxy.threads);
+        let (mut frontends, handle) = Frontends::new(cfg.proxy.threads, self.metrics.clone());
         let mut running = Fronts::default();
         for p in plan.http {
             let f = p.into_front();
@@ -188,6 +188,10 @@ impl Built {
                 AdminApp {
                     control,
                     token: admin.token.clone(),
+                    metrics: MetricsApp {
+                        metrics: self.metrics.clone(),
+                        services: live.current(),
+                    },
                 },
             );
             available(admin.listen, "admin.listen")?;

@@ -3,8 +3,10 @@
 use std::hash::BuildHasher;
 use std::time::Duration;
 
+use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+use prometheus::IntCounter;
 
 use crate::balance::hooks::Key;
 use crate::balance::identity::BackendId;
@@ -15,7 +17,7 @@ pub trait PersistenceTable: Send + Sync {
     fn lookup(&self, key: &Key<'_>) -> Option<BackendId>;
     /// Pins `key` to `backend`, replacing any earlier pin.
     fn pin(&self, key: &Key<'_>, backend: BackendId);
-    /// Entries currently held (approximate: expiries and evictions apply lazily).
+    /// Entries currently held (runs pending maintenance first: not for the request path).
     fn len(&self) -> u64;
     /// How many entries point at each backend (walks the table: for the admin API, not the
     /// request path).
@@ -38,16 +40,27 @@ pub struct MemoryTable {
 }
 
 impl MemoryTable {
-    pub fn new(timeout: Duration, max_entries: u64) -> Self {
-        Self::with_policy(timeout, max_entries, EvictionPolicy::tiny_lfu())
+    /// `evictions` counts pins dropped by the size bound or the idle timeout.
+    pub fn new(timeout: Duration, max_entries: u64, evictions: IntCounter) -> Self {
+        Self::with_policy(timeout, max_entries, EvictionPolicy::tiny_lfu(), evictions)
     }
 
-    fn with_policy(timeout: Duration, max_entries: u64, policy: EvictionPolicy) -> Self {
+    fn with_policy(
+        timeout: Duration,
+        max_entries: u64,
+        policy: EvictionPolicy,
+        evictions: IntCounter,
+    ) -> Self {
         MemoryTable {
             entries: Cache::builder()
                 .max_capacity(max_entries)
                 .time_to_idle(timeout)
                 .eviction_policy(policy)
+                .eviction_listener(move |_, _, cause| {
+                    if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                        evictions.inc();
+                    }
+                })
                 .build(),
             // Random per process: a client cannot craft a key that collides with another's.
             hasher: std::hash::RandomState::new(),
@@ -65,6 +78,9 @@ impl PersistenceTable for MemoryTable {
     }
 
     fn len(&self) -> u64 {
+        // The count lags until the cache's pending maintenance runs; this is for metrics
+        // and the admin API, never the request path.
+        self.entries.run_pending_tasks();
         self.entries.entry_count()
     }
 
@@ -81,9 +97,13 @@ impl PersistenceTable for MemoryTable {
 mod tests {
     use super::*;
 
+    fn counter() -> IntCounter {
+        IntCounter::new("evictions", "test").unwrap()
+    }
+
     #[test]
     fn table_pins_and_expires() {
-        let t = MemoryTable::new(Duration::from_millis(100), 10);
+        let t = MemoryTable::new(Duration::from_millis(100), 10, counter());
         let k = Key::Borrowed(b"alice");
         assert_eq!(t.lookup(&k), None);
         t.pin(&k, BackendId(3));
@@ -97,12 +117,18 @@ mod tests {
 
     #[test]
     fn table_is_bounded() {
-        let t = MemoryTable::new(Duration::from_secs(60), 100);
+        let evictions = counter();
+        let t = MemoryTable::new(Duration::from_secs(60), 100, evictions.clone());
         for i in 0..1000u32 {
             t.pin(&Key::Owned(i.to_be_bytes().into()), BackendId(1));
         }
         t.entries.run_pending_tasks();
         assert!(t.len() <= 100, "{}", t.len());
+        assert!(
+            evictions.get() >= 900,
+            "evictions counted: {}",
+            evictions.get()
+        );
     }
 
     /// 500 returning users, each back once per 2,000 new keys, while an attacker sends
@@ -137,11 +163,13 @@ mod tests {
 
     #[test]
     fn a_flood_of_one_off_keys_keeps_the_hot_pins() {
-        let tiny_lfu = hot_pins_after_flood(&MemoryTable::new(Duration::from_secs(60), 1000));
+        let tiny_lfu =
+            hot_pins_after_flood(&MemoryTable::new(Duration::from_secs(60), 1000, counter()));
         let lru = hot_pins_after_flood(&MemoryTable::with_policy(
             Duration::from_secs(60),
             1000,
             EvictionPolicy::lru(),
+            counter(),
         ));
         assert!(
             tiny_lfu >= 450,

@@ -8,7 +8,7 @@
 //! | `fail_to_connect`        | passive health mark, retry once elsewhere (GET/HEAD)        |
 //! | `upstream_request_filter`| add `X-Forwarded-For`, set `X-Forwarded-Proto`              |
 //! | `response_filter`        | persistence hook's response step (e.g. insert a cookie)     |
-//! | `logging`                | the access log line                                         |
+//! | `logging`                | metrics, and the access log line                            |
 //!
 //! Keep-alive on both sides and upstream connection reuse are pingora's; each request on a
 //! kept-alive client connection goes through `request_filter` and is balanced on its own.
@@ -32,6 +32,7 @@ use crate::balance::hooks::{KeyOutcome, Request};
 use crate::balance::pool::ActiveGuard;
 use crate::config::ServiceConfig;
 use crate::observe::access_log::{AccessLog, HttpLine, TlsFields};
+use crate::observe::metrics::seconds;
 
 /// One service of a listen address.
 pub struct Route {
@@ -324,19 +325,12 @@ impl ProxyHttp for HttpService {
         Ok(())
     }
 
-    /// The access log line, once the request is over (whatever happened to it).
+    /// Metrics and the access log line, once the request is over (whatever happened to it).
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let Some(table) = &ctx.table else {
             return;
         };
-        let (log, route) = match ctx.routed {
-            true => (&ctx.route().log, Some(ctx.route())),
-            false => (&table.log, None),
-        };
-        let Some(log) = log else {
-            return;
-        };
-        let req = session.req_header();
+        let route = ctx.routed.then(|| ctx.route());
         let status = match (session.response_written(), e) {
             (Some(r), _) => r.status.as_u16(),
             (None, Some(e)) => match e.etype() {
@@ -346,7 +340,41 @@ impl ProxyHttp for HttpService {
             (None, None) => 0,
         };
         let backend = ctx.backend.or(ctx.failed.last().copied());
-        let served = ctx.backend.is_some() as u32;
+        let retries = (ctx.failed.len() as u32 + ctx.backend.is_some() as u32).saturating_sub(1);
+        let total = ctx.started.map(|t| t.elapsed());
+        let (read, sent) = (
+            session.body_bytes_read() as u64,
+            session.body_bytes_sent() as u64,
+        );
+        if let Some(r) = route {
+            let sc = r.balancer.service_counters();
+            match ctx.backend {
+                Some(i) => {
+                    let bc = r.balancer.backend_counters(i);
+                    bc.request(status);
+                    bc.bytes_in.inc_by(read);
+                    bc.bytes_out.inc_by(sent);
+                }
+                None => sc.unserved(status),
+            }
+            if let Some(t) = total {
+                sc.duration.observe(seconds(t));
+            }
+            if let Some(t) = ctx.ttfb {
+                sc.ttfb.observe(seconds(t));
+            }
+            if retries > 0 {
+                sc.retries.inc_by(retries as u64);
+            }
+        }
+        let log = match route {
+            Some(r) => &r.log,
+            None => &table.log,
+        };
+        let Some(log) = log else {
+            return;
+        };
+        let req = session.req_header();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         log.http(&HttpLine {
             time: SystemTime::now(),
@@ -359,12 +387,12 @@ impl ProxyHttp for HttpService {
             backend: route
                 .zip(backend)
                 .map(|(r, i)| r.balancer.pool.get(i).name.as_str()),
-            request_bytes: session.body_bytes_read() as u64,
-            response_bytes: session.body_bytes_sent() as u64,
+            request_bytes: read,
+            response_bytes: sent,
             ttfb_ms: ctx.ttfb.map(ms),
-            total_ms: ctx.started.map_or(0.0, |t| ms(t.elapsed())),
+            total_ms: total.map_or(0.0, ms),
             persistence: ctx.persisted.unwrap_or(Persisted::None),
-            retries: (ctx.failed.len() as u32 + served).saturating_sub(1),
+            retries,
             tls: super::tls_info::of_request(session)
                 .map(|(version, sni)| TlsFields { version, sni }),
         });

@@ -261,11 +261,21 @@ impl Target {
                 }
             }
         };
+        let b = &self.balancer;
+        let r = outcome.relayed;
+        let sc = b.service_counters();
+        sc.tcp_ends[r.end as usize].inc();
+        if outcome.retries > 0 {
+            sc.retries.inc_by(outcome.retries as u64);
+        }
+        if let Some(i) = outcome.backend {
+            let bc = b.backend_counters(i);
+            bc.bytes_in.inc_by(r.bytes_in);
+            bc.bytes_out.inc_by(r.bytes_out);
+        }
         let Some(log) = &self.log else {
             return;
         };
-        let b = &self.balancer;
-        let r = outcome.relayed;
         log.tcp(&TcpLine {
             time: SystemTime::now(),
             service: &b.config().name,
