@@ -2,7 +2,7 @@
 //! class, bytes, latency histograms, retries, no-backend answers, persistence lookups and
 //! entries, tcp connections by how they ended, listener counts, health checks, backend
 //! gauges, plugin calls, process and build metrics; served by the admin listener with its
-//! token as well.
+//! token as well. Every metric the example Grafana dashboard queries exists.
 
 mod common;
 
@@ -366,6 +366,22 @@ async fn metrics_count_known_traffic() {
         1.0
     );
     assert_eq!(value(&text, "plugboard_access_log_dropped_total", &[]), 0.0);
+
+    // Every metric the Grafana dashboard in examples/ queries exists.
+    let dashboard = std::fs::read_to_string("../examples/grafana/plugboard.json").unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let names: std::collections::BTreeSet<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("plugboard_") || w.starts_with("process_"))
+        .collect();
+    assert!(names.len() > 15, "{names:?}");
+    for n in names {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{n}{{")) || l.starts_with(&format!("{n} "))),
+            "the dashboard queries {n}, which /metrics does not have"
+        );
+    }
 
     // The admin listener serves the same, with its token only.
     let (code, _) = curl_get(admin, "/metrics", None);

@@ -2,7 +2,9 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /` | the status page (no token; it asks for one and calls the API) |
 //! | `GET /healthz` | 200 `ok` while the proxy serves (no token) |
+//! | `GET /api/v1/events` | the last health transitions, newest first |
 //! | `GET /metrics` | the Prometheus exposition (as `[proxy] metrics` serves it) |
 //! | `GET /api/v1/services` | every service with its backends |
 //! | `GET /api/v1/services/{service}` | one service |
@@ -11,7 +13,8 @@
 //! | `DELETE /api/v1/services/{service}/backends/{backend}` | 202, the service with it `removing` |
 //! | `POST /api/v1/reload` | 200 `{"ok": true, "services": [..], "listening": [..], "stopped": [..], "warnings": [..], "errors": [..]}`; 400 `{"error": "...", "errors": ["file:line:col: ..."]}` |
 //!
-//! Errors are `{"error": "..."}` with 400, 401, 404, 405, 409 or 413. Every request that changes
+//! Errors are `{"error": "..."}` with 400, 401, 403 (a browser request from another site),
+//! 404, 405, 409, 413 or 415 (a body not declared JSON). Every request that changes
 //! something, or is refused for its token, is logged with the client's address.
 
 use std::sync::Arc;
@@ -117,8 +120,21 @@ impl AdminApp {
                 _ => error(405, "GET /healthz"),
             };
         }
+        if path == "/" {
+            return match method {
+                Method::GET | Method::HEAD => status_page(),
+                _ => error(405, "GET /"),
+            };
+        }
         if parts.first() != Some(&"api") && path != "/metrics" {
             return error(404, format!("no such path: {path}"));
+        }
+        if method != Method::GET && method != Method::HEAD {
+            if let Some(why) = cross_site(session) {
+                tracing::warn!(client = %peer(session), %method, %path, "admin API: refused, {why}");
+                session.set_keepalive(None);
+                return error(403, format!("cross-site request refused: {why}"));
+            }
         }
         if !self.authorised(session) {
             tracing::warn!(client = %peer(session), %method, %path, "admin API: refused, bad or missing token");
@@ -132,6 +148,12 @@ impl AdminApp {
             };
         }
         match (&method, &parts[1..]) {
+            (&Method::GET, ["v1", "events"]) => json(
+                200,
+                &Events {
+                    events: self.control.events(),
+                },
+            ),
             (&Method::GET, ["v1", "services"]) => json(
                 200,
                 &Services {
@@ -147,6 +169,9 @@ impl AdminApp {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
+                if let Some(r) = needs_json(session) {
+                    return r;
+                }
                 let change: BackendChange = match serde_json::from_slice(&body) {
                     Ok(c) => c,
                     Err(e) => return error(400, format!("body: {e}")),
@@ -164,6 +189,9 @@ impl AdminApp {
                     Ok(b) => b,
                     Err(r) => return r,
                 };
+                if let Some(r) = needs_json(session) {
+                    return r;
+                }
                 let new: NewBackend = match serde_json::from_slice(&body) {
                     Ok(c) => c,
                     Err(e) => return error(400, format!("body: {e}")),
@@ -206,6 +234,62 @@ impl AdminApp {
     }
 }
 
+/// Why a request that changes something looks like a browser sending it from another site
+/// (a page the operator visited, posting to the admin address), if it does. Browsers say
+/// where a request comes from in `Sec-Fetch-Site` and `Origin`; curl and `ctl` send neither.
+fn cross_site(session: &ServerSession) -> Option<String> {
+    let h = &session.req_header().headers;
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        if site != "same-origin" && site != "none" {
+            return Some(format!("Sec-Fetch-Site: {site}"));
+        }
+    }
+    let origin = h.get(http::header::ORIGIN)?.to_str().unwrap_or("");
+    let host = h
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let same = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|o| !host.is_empty() && o == host);
+    (!same).then(|| format!("Origin {origin} is not this admin address"))
+}
+
+/// A body must be declared JSON: an HTML form cannot send that without the browser asking
+/// first (CORS), which this API never allows.
+fn needs_json(session: &ServerSession) -> Option<Response<Vec<u8>>> {
+    let ct = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json = ct
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    (!json).then(|| error(415, "send the body as Content-Type: application/json"))
+}
+
+/// The status page: one HTML file, no external asset.
+fn status_page() -> Response<Vec<u8>> {
+    const PAGE: &str = include_str!("status.html");
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("content-length", PAGE.len())
+        .header(
+            "content-security-policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'none'",
+        )
+        .header("x-frame-options", "DENY")
+        .header("cache-control", "no-store")
+        .body(PAGE.as_bytes().to_vec())
+        .expect("static response")
+}
+
 /// The client's address, for the log.
 fn peer(session: &ServerSession) -> String {
     session
@@ -224,6 +308,11 @@ struct Done {
 struct Failed {
     error: &'static str,
     errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Events {
+    events: Vec<crate::observe::events::Event>,
 }
 
 #[derive(Serialize)]

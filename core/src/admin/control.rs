@@ -74,6 +74,11 @@ impl Control {
             .collect()
     }
 
+    /// Recent health transitions, newest first.
+    pub fn events(&self) -> Vec<crate::observe::events::Event> {
+        self.live.metrics().events.recent()
+    }
+
     pub fn service(&self, name: &str) -> Result<ServiceView, Refused> {
         Ok(ServiceView::of(&*self.find(name)?))
     }

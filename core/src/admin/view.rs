@@ -34,6 +34,9 @@ pub struct BackendView {
     pub pinned: u64,
     /// Removed, waiting for its last request or connection to end.
     pub removing: bool,
+    /// Requests (http) or connections (tcp) sent to it since the start (rates are its
+    /// differences).
+    pub selected: u64,
 }
 
 impl ServiceView {
@@ -48,7 +51,12 @@ impl ServiceView {
                 .pool
                 .backends()
                 .iter()
-                .map(|be| BackendView::of(be, pins.get(&be.id).copied().unwrap_or(0)))
+                .enumerate()
+                .map(|(i, be)| {
+                    let mut v = BackendView::of(be, pins.get(&be.id).copied().unwrap_or(0));
+                    v.selected = b.backend_counters(i).selected.get();
+                    v
+                })
                 .collect(),
         }
     }
@@ -68,6 +76,7 @@ impl BackendView {
             load: b.load(),
             pinned,
             removing: b.removing(),
+            selected: 0,
         }
     }
 }

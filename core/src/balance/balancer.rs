@@ -448,10 +448,16 @@ impl Balancer {
         match self.pool.observe(i, report.up, h.rise, h.fall) {
             Transition::WentDown => {
                 self.counters[i].went_down.inc();
+                self.metrics
+                    .events
+                    .push(&self.cfg.name, &b.name, "down", source);
                 tracing::warn!(service = %self.cfg.name, backend = %b.name, %source, "backend is DOWN");
             }
             Transition::CameUp => {
                 self.counters[i].came_up.inc();
+                self.metrics
+                    .events
+                    .push(&self.cfg.name, &b.name, "up", source);
                 tracing::info!(service = %self.cfg.name, backend = %b.name, %source, "backend is UP");
             }
             Transition::None => {}

@@ -80,6 +80,8 @@ pub struct Metrics {
     listeners: Mutex<Vec<(SocketAddr, Weak<TallyCounts>)>>,
     /// One scrape at a time (the listener counters are set from their atomics).
     scrape: Mutex<()>,
+    /// Recent health transitions (for the status page).
+    pub events: super::events::Events,
 }
 
 /// Plugin counters, labelled by plugin and service.
@@ -365,6 +367,7 @@ impl Metrics {
             access_log_dropped,
             listeners: Mutex::new(Vec::new()),
             scrape: Mutex::new(()),
+            events: Default::default(),
             registry,
         }
     }

@@ -2,5 +2,6 @@
 //! Prometheus metrics ([`metrics`]).
 
 pub mod access_log;
+pub mod events;
 pub mod logging;
 pub mod metrics;

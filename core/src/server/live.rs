@@ -89,6 +89,10 @@ impl Live {
             .cloned()
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+
     /// The configuration as last loaded.
     pub fn config(&self) -> Config {
         self.state().cfg.clone()
