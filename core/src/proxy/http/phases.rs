@@ -381,7 +381,13 @@ impl ProxyHttp for HttpService {
             service: route.map_or("-", |r| r.balancer.config().name.as_str()),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             method: req.method.as_str(),
-            host: std::str::from_utf8(host_of(req)).unwrap_or("-"),
+            // As the client sent it (port included); HTTP/2 carries it in the URI.
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("-"),
             path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
             status,
             backend: route
