@@ -566,3 +566,47 @@ async fn added_and_removed_backends_survive_a_restart_with_the_state_file() {
             .collect()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_requests_from_another_site_and_bodies_not_json_change_nothing() {
+    let (a, _b, list) = two().await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let _p = Proxy::start(
+        &with_admin(admin, &service_toml("http", listen, "", &list)),
+        listen,
+    )
+    .await;
+    let sa = a.addr.to_string();
+    let put = |headers: &[String], content_type: &str| -> u16 {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .args(["--data", r#"{"state":"maint"}"#])
+            .arg(format!(
+                "http://{admin}/api/v1/services/http-svc/backends/{sa}"
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    };
+    let json = "application/json";
+    assert_eq!(put(&["Sec-Fetch-Site: cross-site".into()], json), 403);
+    assert_eq!(put(&["Origin: http://evil.example".into()], json), 403);
+    assert_eq!(put(&[], "text/plain"), 415);
+    let status = |admin| {
+        let (_, out, _) = ctl(admin, None, &["status"]);
+        row(&out, &a.addr.to_string())[3].clone()
+    };
+    assert_eq!(status(admin), "ready", "nothing changed");
+    // The status page's own requests (same origin) are accepted.
+    let same = [
+        format!("Origin: http://{admin}"),
+        "Sec-Fetch-Site: same-origin".to_string(),
+    ];
+    assert_eq!(put(&same, json), 200);
+    assert_eq!(status(admin), "maint");
+}

@@ -322,6 +322,15 @@ async fn runtime_changes_survive_a_reload_unless_the_file_changed_the_backend() 
     let (listen, admin) = (free_addr(), free_addr());
     let cfg = with_admin(admin, &service_toml("http", listen, "", &list));
     let p = Proxy::start(&cfg, listen).await;
+    // A change that only a restart applies is reported, and the rest of the reload applies.
+    rewrite(&config_path(&p), &cfg.replace("threads = 2", "threads = 3"));
+    let (code, out, err) = ctl(admin, None, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("warning: [proxy] threads changed: it takes effect at the next restart"),
+        "{out}"
+    );
+    rewrite(&config_path(&p), &cfg);
     let (sa, sb, sc) = (a.addr.to_string(), b.addr.to_string(), c.addr.to_string());
     assert_eq!(ctl(admin, None, &["drain", "http-svc", &sb]).0, 0);
     assert_eq!(
