@@ -21,22 +21,6 @@ fn row(table: &str, backend: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no row for {backend}:\n{table}"))
 }
 
-/// A raw API call with curl: (status, body).
-fn api(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}", url]);
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "content-type: application/json", "--data", b]);
-    }
-    let out = cmd.output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 /// One request per user (header `X-User`); the backend that answered each.
 async fn by_user(listen: SocketAddr, users: &[String]) -> HashMap<String, String> {
     let mut c = Client::connect(listen).await.unwrap();

@@ -384,25 +384,16 @@ async fn metrics_count_known_traffic() {
     }
 
     // The admin listener serves the same, with its token only.
-    let (code, _) = curl_get(admin, "/metrics", None);
+    let (code, _) = api("GET", &format!("http://{admin}/metrics"), None, None);
     assert_eq!(code, 401);
-    let (code, body) = curl_get(admin, "/metrics", Some("s3cret-s3cret-s3cret"));
+    let (code, body) = api(
+        "GET",
+        &format!("http://{admin}/metrics"),
+        Some("s3cret-s3cret-s3cret"),
+        None,
+    );
     assert_eq!(code, 200);
     assert!(body.contains("plugboard_http_requests_total{"), "{body}");
-}
-
-/// `GET path` with curl (and a bearer token): status and body.
-fn curl_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-s", "-m", "10", "-w", "\n%{http_code}"])
-        .arg(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    let out = cmd.output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// Scrapes until `ready` holds (counts of connections that just ended settle within

@@ -264,14 +264,9 @@ async fn a_broken_file_is_refused_with_its_lines_and_the_old_one_keeps_serving()
     assert!(lines.iter().any(|l| l.contains("fastest")), "{err}");
     assert!(lines.iter().any(|l| l.contains("weight")), "{err}");
     // The API answers the same list.
-    let out = Command::new("curl")
-        .args(["-s", "-X", "POST", "-w", "\n%{http_code}"])
-        .arg(format!("http://{admin}/api/v1/reload"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.ends_with("\n400"), "{text}");
-    let body: serde_json::Value = serde_json::from_str(text.rsplit_once('\n').unwrap().0).unwrap();
+    let (code, text) = api("POST", &format!("http://{admin}/api/v1/reload"), None, None);
+    assert_eq!(code, 400, "{text}");
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(body["errors"].as_array().unwrap().len() >= 2, "{body}");
     // SIGHUP: refused and logged with the line.
     hup(&p);

@@ -498,3 +498,19 @@ pub fn ctl(admin: SocketAddr, token_file: Option<&Path>, args: &[&str]) -> (i32,
 pub fn with_admin(admin: SocketAddr, rest: &str) -> String {
     format!("[admin]\nlisten = \"{admin}\"\n\n{rest}")
 }
+
+/// A raw API call with curl: (status, body).
+pub fn api(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data", b]);
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
