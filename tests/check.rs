@@ -179,3 +179,38 @@ fn missing_file_is_an_error() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn shared_persistence_needs_a_valid_redis_url() {
+    let svc = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\npersistence = { key = \"source_ip\", shared = true }\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n";
+    let e = errors(&format!("[proxy]\nthreads = 1\n{svc}"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("F:6:45: persistence.shared: needs [proxy] redis"),
+        "{e:?}"
+    );
+    let e = errors(&format!("[proxy]\nredis = \"http://127.0.0.1:6379\"\n{svc}"));
+    assert!(
+        e[0].starts_with("F:2:9: redis: \"http://127.0.0.1:6379\" is not a Redis URL"),
+        "{e:?}"
+    );
+    let e = errors(&format!("[proxy]\nredis = \"redis://127.0.0.1:notaport/0\"\n{svc}"));
+    assert!(e[0].starts_with("F:2:9: redis: invalid URL"), "{e:?}");
+    let e = errors(&format!("[proxy]\nredis_prefix = \"x\"\n{svc}"));
+    assert!(
+        e[0].starts_with("F:2:16: redis_prefix: set only with redis = \"URL\""),
+        "{e:?}"
+    );
+    let e = errors("[proxy]\nredis = \"redis://127.0.0.1:6379\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\npersistence = { key = \"cookie:S\", shared = true }\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n");
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("F:6:") && l.contains("cookie persistence keeps no table")),
+        "{e:?}"
+    );
+    // A good URL passes without Redis running: `check` does not connect.
+    let (_d, path) = write_config(&format!(
+        "[proxy]\nredis = \"rediss://user:pw@127.0.0.1:1/3\"\n{svc}"
+    ));
+    let (code, _, err) = check(&path);
+    assert_eq!(code, 0, "{err}");
+}

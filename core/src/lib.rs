@@ -18,4 +18,5 @@ pub mod observe;
 pub mod plugin;
 pub mod proxy;
 pub mod server;
+pub mod share;
 pub mod tls;

@@ -4,6 +4,7 @@
 
 mod backends;
 pub mod rdp;
+pub mod redis;
 pub mod tls;
 
 pub use backends::*;

@@ -21,6 +21,7 @@ use super::pool::{Pool, Transition};
 use crate::config::ServiceConfig;
 use crate::config::{Config, HealthConfig, HealthKind, PersistenceKeyKind, SchedulerKind};
 use crate::observe::metrics::{BackendCounters, Metrics, ServiceCounters};
+use crate::share::{Link, SharedTable};
 
 /// Where the hooks that a configuration names as `plugin:<name>` come from (the plugin
 /// registry). `service` is an index into `cfg.services`.
@@ -136,6 +137,7 @@ impl Balancer {
         metrics: &Arc<Metrics>,
         plugins: &dyn HookSource,
         prev: Option<&Balancer>,
+        share: Option<&Arc<Link>>,
     ) -> Result<Self, String> {
         let cfg = &config.services[index];
         let key = CookieKey::new(&config.proxy.secret);
@@ -188,12 +190,21 @@ impl Balancer {
                         .expect("built-in key")
                         .into(),
                 },
-                table: kept_table.unwrap_or_else(|| {
-                    Arc::new(MemoryTable::new(
+                table: kept_table.unwrap_or_else(|| match share.filter(|_| p.shared) {
+                    Some(link) => SharedTable::new(
+                        link,
+                        &config.proxy.secret,
+                        &cfg.name,
+                        &p.key.to_string(),
                         p.timeout,
                         p.max_entries,
                         service_counters.evictions.clone(),
-                    ))
+                    ),
+                    None => Arc::new(MemoryTable::new(
+                        p.timeout,
+                        p.max_entries,
+                        service_counters.evictions.clone(),
+                    )),
                 }),
             }),
         };
@@ -362,7 +373,10 @@ impl Balancer {
                         };
                         let i = self.select(&req, avoid);
                         if let Some(i) = i {
-                            p.table.pin(k, self.pool.get(i).id);
+                            {
+                                let b = self.pool.get(i);
+                                p.table.pin(k, b.id, &b.name);
+                            }
                         }
                         let how = match pinned {
                             Some(_) => Persisted::Rebalanced,

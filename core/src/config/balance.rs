@@ -126,9 +126,25 @@ pub(super) fn persistence(
         .int_in(&p.max_entries, "persistence.max_entries", 1, 1 << 40)
         .map(|n| n as u64)
         .unwrap_or(DEFAULT_PERSISTENCE_MAX_ENTRIES);
+    let shared = p.shared.as_ref().is_some_and(|v| *v.get_ref());
+    if let (Some(v), true) = (&p.shared, shared) {
+        if !ctx.has_redis {
+            r.err(
+                v.span(),
+                "persistence.shared: needs [proxy] redis (where the pins are shared)",
+            );
+        } else if matches!(key, Some(PersistenceKeyKind::Cookie(_))) {
+            r.err(
+                v.span(),
+                "persistence.shared: cookie persistence keeps no table to share: the cookie \
+                 names the backend on every instance already",
+            );
+        }
+    }
     key.map(|key| PersistenceConfig {
         key,
         timeout,
         max_entries,
+        shared,
     })
 }

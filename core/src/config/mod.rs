@@ -59,6 +59,7 @@ impl Config {
         let admin = admin::validate(&mut r, file.admin.as_ref(), base);
         let ctx = service::Context {
             has_secret: raw_proxy.is_some_and(|p| p.secret_file.is_some()),
+            has_redis: proxy.redis.is_some(),
             base,
         };
 

@@ -104,7 +104,9 @@ pub(super) fn validate(r: &mut Reporter, p: Option<&raw::Proxy>, base: &Path) ->
         .access_log
         .as_ref()
         .and_then(|a| access_log(r, a.get_ref(), base));
+    let redis = redis(r, p, base);
     ProxyConfig {
+        redis,
         access_log,
         threads,
         plugins_dir,
@@ -161,4 +163,70 @@ fn access_log(r: &mut Reporter, a: &raw::AccessLog, base: &Path) -> Option<Acces
         }
     };
     Some(AccessLogConfig { path, format })
+}
+
+/// `redis = "URL"`, with `redis_password_file`, `redis_ca_file` and `redis_prefix`.
+fn redis(r: &mut Reporter, p: &raw::Proxy, base: &Path) -> Option<RedisConfig> {
+    let Some(v) = p.redis.as_ref() else {
+        for (f, what) in [
+            (&p.redis_password_file, "redis_password_file"),
+            (&p.redis_ca_file, "redis_ca_file"),
+            (&p.redis_prefix, "redis_prefix"),
+        ] {
+            if let Some(f) = f {
+                r.err(f.span(), format!("{what}: set only with redis = \"URL\""));
+            }
+        }
+        return None;
+    };
+    let url = v.get_ref().trim().to_string();
+    let scheme = url.split("://").next().unwrap_or("");
+    if !["redis", "rediss", "unix", "redis+unix"].contains(&scheme) || !url.contains("://") {
+        r.err(
+            v.span(),
+            format!(
+                "redis: {url:?} is not a Redis URL; write redis://HOST:PORT/DB, \
+                 rediss://HOST:PORT/DB (TLS) or unix:///PATH"
+            ),
+        );
+        return None;
+    }
+    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+        r.err(v.span(), format!("redis: invalid URL: {e}"));
+        return None;
+    }
+    let mut read = |f: &Option<toml::Spanned<String>>, what: &str| -> Option<Vec<u8>> {
+        let f = f.as_ref()?;
+        let path = base.join(f.get_ref());
+        std::fs::read(&path)
+            .map_err(|e| {
+                r.err(
+                    f.span(),
+                    format!("{what}: cannot read {}: {e}", path.display()),
+                )
+            })
+            .ok()
+    };
+    let password = read(&p.redis_password_file, "redis_password_file")
+        .map(|b| String::from_utf8_lossy(b.trim_ascii()).into_owned());
+    let ca = read(&p.redis_ca_file, "redis_ca_file");
+    let prefix = match &p.redis_prefix {
+        None => "plugboard".to_string(),
+        Some(f) => {
+            let s = f.get_ref();
+            if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                r.err(
+                    f.span(),
+                    "redis_prefix: must be a non-empty word without spaces",
+                );
+            }
+            s.clone()
+        }
+    };
+    Some(RedisConfig {
+        url,
+        password,
+        ca,
+        prefix,
+    })
 }

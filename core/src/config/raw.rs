@@ -35,6 +35,10 @@ pub struct Proxy {
     pub max_connections: Option<Spanned<i64>>,
     pub secret_file: Option<Spanned<String>>,
     pub access_log: Option<Spanned<AccessLog>>,
+    pub redis: Option<Spanned<String>>,
+    pub redis_password_file: Option<Spanned<String>>,
+    pub redis_ca_file: Option<Spanned<String>>,
+    pub redis_prefix: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +119,7 @@ pub struct Persistence {
     pub key: Spanned<String>,
     pub timeout: Option<Spanned<String>>,
     pub max_entries: Option<Spanned<i64>>,
+    pub shared: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -17,6 +17,8 @@ pub(super) type RawRef = (String, Hook, Range<usize>);
 pub(super) struct Context<'a> {
     /// `[proxy] secret_file` was given.
     pub has_secret: bool,
+    /// `[proxy] redis` is set (shared persistence is possible).
+    pub has_redis: bool,
     /// The configuration file's directory: relative paths start there.
     pub base: &'a std::path::Path,
 }

@@ -161,6 +161,8 @@ pub struct PersistenceConfig {
     /// Idle timeout of a table entry.
     pub timeout: Duration,
     pub max_entries: u64,
+    /// Pins are kept in `[proxy] redis` too, so that every instance finds them.
+    pub shared: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,6 +320,39 @@ pub struct ProxyConfig {
     /// Key material for cookie ids (`secret_file`, or [`DEFAULT_SECRET`]).
     pub secret: Arc<[u8]>,
     pub access_log: Option<AccessLogConfig>,
+    pub redis: Option<RedisConfig>,
+}
+
+/// `[proxy] redis`: where shared persistence pins are kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// As written (it may hold a password: print [`RedisConfig::shown`] instead).
+    pub url: String,
+    /// From `password_file`, when the URL holds none.
+    pub password: Option<String>,
+    /// PEM roots for `rediss://` (`ca_file`); the system's roots otherwise.
+    pub ca: Option<Vec<u8>>,
+    /// Start of every Redis key and channel name Plugboard uses.
+    pub prefix: String,
+}
+
+impl RedisConfig {
+    /// The URL without its password, for logs and the admin API.
+    pub fn shown(&self) -> String {
+        match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***{}", &self.url[..s], &self.url[at..]),
+            _ => self.url.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.shown())
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[proxy] access_log`.

@@ -76,6 +76,7 @@ pub struct Metrics {
     listener_waits: IntCounterVec,
     plugins: PluginMetrics,
     access_log_dropped: IntCounter,
+    shared: SharedMetrics,
     /// The listeners, for their gauges (registered by `server/frontends.rs`).
     listeners: Mutex<Vec<(SocketAddr, Weak<TallyCounts>)>>,
     /// One scrape at a time (the listener counters are set from their atomics).
@@ -98,6 +99,21 @@ pub struct PluginMetrics {
     pub calls: IntCounterVec,
     /// `{plugin, hook}`: how long calls took.
     pub call_seconds: HistogramVec,
+}
+
+/// Shared persistence (`[proxy] redis`).
+#[derive(Clone)]
+pub struct SharedMetrics {
+    /// 1 while connected to Redis.
+    pub up: IntGauge,
+    /// Connections lost or refused, commands failed or timed out.
+    pub errors: IntCounter,
+    /// Pins this instance wrote (new and refreshed).
+    pub written: IntCounter,
+    /// Pins received from other instances.
+    pub received: IntCounter,
+    /// New pins not written because Redis was away longer than the queue holds.
+    pub dropped: IntCounter,
 }
 
 /// Handles for one backend.
@@ -206,6 +222,38 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(access_log_dropped.clone()));
+        let int_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            reg(Box::new(c.clone()));
+            c
+        };
+        let shared = SharedMetrics {
+            up: {
+                let g = IntGauge::new(
+                    "plugboard_redis_up",
+                    "1 while connected to the Redis of shared persistence",
+                )
+                .expect("valid metric");
+                reg(Box::new(g.clone()));
+                g
+            },
+            errors: int_counter(
+                "plugboard_redis_errors_total",
+                "Redis connections lost or refused and commands failed or timed out",
+            ),
+            written: int_counter(
+                "plugboard_redis_pins_written_total",
+                "Persistence pins written to Redis (new and refreshed)",
+            ),
+            received: int_counter(
+                "plugboard_redis_pins_received_total",
+                "Persistence pins received from other instances",
+            ),
+            dropped: int_counter(
+                "plugboard_redis_pins_dropped_total",
+                "New pins not written to Redis because it was away longer than the queue holds",
+            ),
+        };
         let build = IntGauge::with_opts(
             Opts::new(
                 "plugboard_build_info",
@@ -368,12 +416,17 @@ impl Metrics {
             listeners: Mutex::new(Vec::new()),
             scrape: Mutex::new(()),
             events: Default::default(),
+            shared,
             registry,
         }
     }
 
     pub fn plugins(&self) -> PluginMetrics {
         self.plugins.clone()
+    }
+
+    pub fn shared(&self) -> SharedMetrics {
+        self.shared.clone()
     }
 
     pub fn access_log_dropped(&self) -> IntCounter {

@@ -31,6 +31,8 @@ pub struct Context {
     pub frontends: FrontendsHandle,
     /// `[proxy] access_log` (a change needs a restart).
     pub access_log: Option<Arc<AccessLog>>,
+    /// `[proxy] redis` (a change needs a restart).
+    pub share: Option<Arc<crate::share::Link>>,
 }
 
 /// What changes with a reload, behind one lock (which also makes changes one at a time).

@@ -20,6 +20,7 @@ use crate::io::limits::{self, Limit};
 use crate::observe::access_log::{AccessLog, ReopenOnUsr1};
 use crate::observe::metrics::{Metrics, MetricsApp};
 use crate::plugin::registry::Registry;
+use crate::share::{Link, LinkService};
 use crate::tls;
 
 pub mod frontends;
@@ -39,6 +40,8 @@ pub struct Built {
     pub metrics: Arc<Metrics>,
     pub plugins: Option<Arc<Registry>>,
     pub balancers: Vec<Arc<Balancer>>,
+    /// The connection to `[proxy] redis`, when persistence is shared.
+    pub share: Option<Arc<Link>>,
 }
 
 impl Built {
@@ -58,9 +61,14 @@ impl Built {
             Some(r) => r.as_ref(),
             None => &NoPlugins,
         };
+        let share = cfg
+            .proxy
+            .redis
+            .as_ref()
+            .map(|r| Link::new(r, metrics.shared()));
         let balancers = (0..cfg.services.len())
             .map(|i| {
-                Balancer::new(&cfg, i, &metrics, hooks, None)
+                Balancer::new(&cfg, i, &metrics, hooks, None, share.as_ref())
                     .map(Arc::new)
                     .map_err(|e| format!("{}: {e}", cfg.path.display()))
             })
@@ -70,6 +78,7 @@ impl Built {
             metrics,
             plugins,
             balancers,
+            share,
         })
     }
 
@@ -108,6 +117,12 @@ impl Built {
                 Some(log)
             }
         };
+        if let Some(link) = &self.share {
+            server.add_service(background_service(
+                "shared persistence",
+                LinkService(link.clone()),
+            ));
+        }
         let mut limits = ServiceLimits::default();
         let plan = fronts::plan(
             cfg,
@@ -150,6 +165,7 @@ impl Built {
                 process,
                 frontends: handle,
                 access_log,
+                share: self.share.clone(),
             },
         ));
         server.add_service(background_service(

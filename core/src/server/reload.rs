@@ -76,9 +76,16 @@ impl Live {
         let balancers = (0..cfg.services.len())
             .map(|i| {
                 let prev = now.iter().find(|b| b.config().name == cfg.services[i].name);
-                Balancer::new(&cfg, i, &self.ctx.metrics, hooks, prev.map(|p| &**p))
-                    .map(Arc::new)
-                    .map_err(|e| format!("{}: {e}", cfg.path.display()))
+                Balancer::new(
+                    &cfg,
+                    i,
+                    &self.ctx.metrics,
+                    hooks,
+                    prev.map(|p| &**p),
+                    self.ctx.share.as_ref(),
+                )
+                .map(Arc::new)
+                .map_err(|e| format!("{}: {e}", cfg.path.display()))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(one)?;
@@ -274,6 +281,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     differs("[proxy] log_format", a.log_format != b.log_format);
     differs("[proxy] access_log", a.access_log != b.access_log);
     differs("[admin]", old.admin != new.admin);
+    differs("[proxy] redis", a.redis != b.redis);
     for w in &out {
         tracing::warn!("reload: {w}");
     }

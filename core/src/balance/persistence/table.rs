@@ -15,8 +15,8 @@ use crate::balance::identity::BackendId;
 pub trait PersistenceTable: Send + Sync {
     /// The backend pinned to `key`, refreshing its idle timer.
     fn lookup(&self, key: &Key<'_>) -> Option<BackendId>;
-    /// Pins `key` to `backend`, replacing any earlier pin.
-    fn pin(&self, key: &Key<'_>, backend: BackendId);
+    /// Pins `key` to `backend` (named `name` in its service), replacing any earlier pin.
+    fn pin(&self, key: &Key<'_>, backend: BackendId, name: &str);
     /// Entries currently held (runs pending maintenance first: not for the request path).
     fn len(&self) -> u64;
     /// How many entries point at each backend (walks the table: for the admin API, not the
@@ -73,7 +73,7 @@ impl PersistenceTable for MemoryTable {
         self.entries.get(&self.hasher.hash_one(key)).map(BackendId)
     }
 
-    fn pin(&self, key: &Key<'_>, backend: BackendId) {
+    fn pin(&self, key: &Key<'_>, backend: BackendId, _name: &str) {
         self.entries.insert(self.hasher.hash_one(key), backend.0);
     }
 
@@ -106,7 +106,7 @@ mod tests {
         let t = MemoryTable::new(Duration::from_millis(100), 10, counter());
         let k = Key::Borrowed(b"alice");
         assert_eq!(t.lookup(&k), None);
-        t.pin(&k, BackendId(3));
+        t.pin(&k, BackendId(3), "");
         assert_eq!(
             t.lookup(&Key::Owned(b"alice".to_vec().into())),
             Some(BackendId(3))
@@ -120,7 +120,7 @@ mod tests {
         let evictions = counter();
         let t = MemoryTable::new(Duration::from_secs(60), 100, evictions.clone());
         for i in 0..1000u32 {
-            t.pin(&Key::Owned(i.to_be_bytes().into()), BackendId(1));
+            t.pin(&Key::Owned(i.to_be_bytes().into()), BackendId(1), "");
         }
         t.entries.run_pending_tasks();
         assert!(t.len() <= 100, "{}", t.len());
@@ -137,18 +137,18 @@ mod tests {
     fn hot_pins_after_flood(t: &MemoryTable) -> usize {
         let hot = |i: u32| Key::Owned(format!("user{i}").into_bytes().into());
         for i in 0..500 {
-            t.pin(&hot(i), BackendId(i as u64));
+            t.pin(&hot(i), BackendId(i as u64), "");
         }
         for n in 0..100_000u32 {
             let k = Key::Owned(format!("flood{n}").into_bytes().into());
             if t.lookup(&k).is_none() {
-                t.pin(&k, BackendId(9));
+                t.pin(&k, BackendId(9), "");
             }
             if n % 4 == 0 {
                 // Users come back, each about once per 2,000 flood keys.
                 let i = (n / 4) % 500;
                 if t.lookup(&hot(i)).is_none() {
-                    t.pin(&hot(i), BackendId(i as u64));
+                    t.pin(&hot(i), BackendId(i as u64), "");
                 }
             }
             if n % 1000 == 0 {
