@@ -189,12 +189,16 @@ fn shared_persistence_needs_a_valid_redis_url() {
         e[0].starts_with("F:6:45: persistence.shared: needs [proxy] redis"),
         "{e:?}"
     );
-    let e = errors(&format!("[proxy]\nredis = \"http://127.0.0.1:6379\"\n{svc}"));
+    let e = errors(&format!(
+        "[proxy]\nredis = \"http://127.0.0.1:6379\"\n{svc}"
+    ));
     assert!(
         e[0].starts_with("F:2:9: redis: \"http://127.0.0.1:6379\" is not a Redis URL"),
         "{e:?}"
     );
-    let e = errors(&format!("[proxy]\nredis = \"redis://127.0.0.1:notaport/0\"\n{svc}"));
+    let e = errors(&format!(
+        "[proxy]\nredis = \"redis://127.0.0.1:notaport/0\"\n{svc}"
+    ));
     assert!(e[0].starts_with("F:2:9: redis: invalid URL"), "{e:?}");
     let e = errors(&format!("[proxy]\nredis_prefix = \"x\"\n{svc}"));
     assert!(
