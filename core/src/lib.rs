@@ -17,5 +17,6 @@ pub mod io;
 pub mod observe;
 pub mod plugin;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod server;
 pub mod tls;

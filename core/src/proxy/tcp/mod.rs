@@ -190,7 +190,7 @@ async fn inspect<S: AsyncRead + Unpin>(
 /// Connects without the `getsockopt(SO_ERROR)` that tokio's connect makes: on Linux a failed
 /// non-blocking connect reports an error or hang-up event with its writability, so the
 /// readiness alone tells (as HAProxy does).
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
     s.set_tcp_nodelay(true)?;
