@@ -56,6 +56,26 @@ pub enum Refused {
 }
 
 impl AcceptProxy {
+    /// A new connection's client as its header says: its address and the address it
+    /// connected to (`None` when the header carried none, and the peer stands), or `None`
+    /// when the connection is refused (logged at debug level: scanners are common; the
+    /// caller closes it).
+    pub async fn client(
+        &self,
+        tcp: &mut TcpStream,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        match self.read(tcp, peer, deadline).await {
+            Ok(Some(c)) => Some((c.source, Some(c.destination))),
+            Ok(None) => Some((peer, None)),
+            Err(e) => {
+                tracing::debug!(%peer, "connection refused: {e}");
+                None
+            }
+        }
+    }
+
     /// Reads the header of a connection from `peer`, by `deadline`. `Ok(None)`: a v2 `LOCAL`
     /// or v1 `UNKNOWN` header (the balancer's own health check), or one without IP addresses:
     /// the peer's own address stands. A peer not trusted is refused before anything is read.
