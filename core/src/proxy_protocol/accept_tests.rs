@@ -132,27 +132,24 @@ async fn garbage_oversize_and_truncated_headers_are_refused() {
     let too_long_v1 = [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat();
     let mut too_long_v2 = v2((addr("10.0.0.1:1"), addr("10.0.0.2:2")), false);
     too_long_v2[14..16].copy_from_slice(&((V2_MAX_PAYLOAD + 1) as u16).to_be_bytes());
-    let cases: [(&[u8], fn(&Refused) -> bool); 7] = [
-        (b"GET / HTTP/1.1\r\n\r\n", |e| {
-            matches!(e, Refused::NotProxy)
-        }),
-        (b"PUT / HTTP/1.1\r\n\r\n", |e| {
-            matches!(e, Refused::NotProxy)
-        }),
-        (b"\x16\x03\x01\x02\x00", |e| matches!(e, Refused::NotProxy)),
-        (&too_long_v1, |e| matches!(e, Refused::TooLong)),
-        (&too_long_v2, |e| matches!(e, Refused::TooLong)),
-        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", |e| {
-            matches!(e, Refused::Invalid(_))
-        }),
-        (b"PROXY TCP4 1.2.3.4 nonsense 1 2\r\n", |e| {
-            matches!(e, Refused::Invalid(_))
-        }),
+    // The variant's name, as Debug prints it.
+    let cases: [(&[u8], &str); 7] = [
+        (b"GET / HTTP/1.1\r\n\r\n", "NotProxy"),
+        (b"PUT / HTTP/1.1\r\n\r\n", "NotProxy"),
+        (b"\x16\x03\x01\x02\x00", "NotProxy"),
+        (&too_long_v1, "TooLong"),
+        (&too_long_v2, "TooLong"),
+        (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n", "Invalid"),
+        (b"PROXY TCP4 1.2.3.4 nonsense 1 2\r\n", "Invalid"),
     ];
     for (bytes, expected) in cases {
         let (r, _) = read(bytes, false).await;
-        let e = r.unwrap_err();
-        assert!(expected(&e), "{:?}: {e:?}", String::from_utf8_lossy(bytes));
+        let e = format!("{:?}", r.unwrap_err());
+        assert!(
+            e.starts_with(expected),
+            "{:?}: {e}",
+            String::from_utf8_lossy(bytes)
+        );
     }
     // Cut short by the client's close.
     let (r, _) = read(b"PROXY TCP4 1.2.3.4", true).await;

@@ -406,19 +406,19 @@ impl Target {
         };
         match &self.back {
             None => {
+                // The header goes in the same write as the inspected bytes; it is not the
+                // client's, so not counted as theirs.
                 let (first, proxy_len) = match header {
                     None => (payload, 0),
                     Some(mut h) => {
-                        let n = h.len();
+                        let n = h.len() as u64;
                         h.extend_from_slice(&payload);
                         (h, n)
                     }
                 };
-                served(
-                    client
-                        .relay_to(server, first, proxy_len, cfg.idle_timeout)
-                        .await,
-                )
+                let mut r = client.relay_to(server, first, cfg.idle_timeout).await;
+                r.bytes_in = r.bytes_in.saturating_sub(proxy_len);
+                served(r)
             }
             Some((connector, names)) => {
                 // The PROXY header goes before the TLS handshake, in the clear.
@@ -449,15 +449,8 @@ impl Target {
 
 /// A client connection: a bare socket (relayed by readiness) or a TLS stream.
 trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Sends `payload` to `server` (its first `proxy_len` bytes are a PROXY header, not
-    /// counted as the client's), then copies both ways.
-    async fn relay_to(
-        self,
-        server: TcpStream,
-        payload: Vec<u8>,
-        proxy_len: usize,
-        idle: Duration,
-    ) -> Relayed;
+    /// Sends `payload` to `server`, then copies both ways.
+    async fn relay_to(self, server: TcpStream, payload: Vec<u8>, idle: Duration) -> Relayed;
 }
 
 /// The backend closed before it took the inspected bytes.
@@ -468,17 +461,11 @@ const REFUSED_PAYLOAD: Relayed = Relayed {
 };
 
 impl ClientStream for TcpStream {
-    async fn relay_to(
-        self,
-        mut server: TcpStream,
-        payload: Vec<u8>,
-        proxy_len: usize,
-        idle: Duration,
-    ) -> Relayed {
+    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: Duration) -> Relayed {
         if !payload.is_empty() && server.write_all(&payload).await.is_err() {
             return REFUSED_PAYLOAD;
         }
-        let sent = (payload.len() - proxy_len) as u64;
+        let sent = payload.len() as u64;
         drop(payload);
         let mut r = relay(&self, &server, idle).await;
         r.bytes_in += sent;
@@ -487,17 +474,11 @@ impl ClientStream for TcpStream {
 }
 
 impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn relay_to(
-        self,
-        mut server: TcpStream,
-        payload: Vec<u8>,
-        proxy_len: usize,
-        idle: Duration,
-    ) -> Relayed {
+    async fn relay_to(self, mut server: TcpStream, payload: Vec<u8>, idle: Duration) -> Relayed {
         if !payload.is_empty() && server.write_all(&payload).await.is_err() {
             return REFUSED_PAYLOAD;
         }
-        let sent = (payload.len() - proxy_len) as u64;
+        let sent = payload.len() as u64;
         drop(payload);
         let mut r = relay::relay_streams(self, server, idle).await;
         r.bytes_in += sent;
