@@ -360,3 +360,35 @@ async fn a_backend_that_expects_the_header_is_up_only_when_checks_send_it() {
         assert_eq!(r.status, want, "send_proxy = {send}: {}", p.log_text());
     }
 }
+
+/// A reload turns `accept_proxy` on for an address it keeps: new connections need the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_accept_proxy_on() {
+    let backend = HttpBackend::start().await;
+    let listen = free_addr();
+    let cfg = |extra: &str| service_toml("http", listen, extra, &[(backend.addr, 1)]);
+    let p = Proxy::start(&cfg(""), listen).await;
+    let mut s = tcp_connect(listen, None).await.unwrap();
+    assert_eq!(get(&mut s, "t", "/", "").await.status, 200);
+
+    let on = "accept_proxy = true\ntrusted_proxies = [\"127.0.0.0/8\"]";
+    std::fs::write(p.dir.path().join("plugboard.toml"), cfg(on)).unwrap();
+    // SAFETY: a plain kill(2) on our child.
+    unsafe { libc::kill(p.pid() as i32, libc::SIGHUP) };
+    p.wait_log(&["configuration reloaded"], 1, Duration::from_secs(10))
+        .await;
+    let mut s = tcp_connect(listen, None).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    refused(s, "a request without a header after the reload").await;
+    let mut s = tcp_connect(listen, None).await.unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.44 127.0.0.1 1000 80\r\n")
+        .await
+        .unwrap();
+    assert_eq!(get(&mut s, "t", "/", "").await.status, 200);
+    assert_eq!(
+        *backend.forwarded.lock().unwrap(),
+        ["127.0.0.1", "192.0.2.44"]
+    );
+}
