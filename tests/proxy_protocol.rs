@@ -137,6 +137,37 @@ async fn haproxy_in_front_of_a_tcp_service_that_terminates_tls() {
     assert_eq!(ours["backend"], backend.addr.to_string(), "{ours}");
 }
 
+/// HAProxy in tcp mode passes TLS through with a v2 header to an http service that
+/// terminates it: Plugboard's own TLS session starts right after the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_in_front_of_an_http_service_that_terminates_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let cert = ca.issue("pb", &["pb.example.com"], KeyType::Ecdsa, 30);
+    let backend = HttpBackend::start().await;
+    let listen = free_addr();
+    let extra = format!("accept_proxy = true\n{}", cert_table(&cert));
+    let cfg = with_access_log(&service_toml("http", listen, &extra, &[(backend.addr, 1)]));
+    let proxy = Proxy::start(&cfg, listen).await;
+    let front = free_addr();
+    let sections = in_front("tcp", front, listen, "send-proxy-v2");
+    let Some(_h) = Haproxy::start(&sections, front).await else {
+        return;
+    };
+    let mut tls = connect(front, "pb.example.com", &ca.cert).await.unwrap();
+    let me = tls.get_ref().0.local_addr().unwrap();
+    for _ in 0..2 {
+        let r = get(&mut tls, "pb.example.com", "/", "").await;
+        assert_eq!(r.status, 200, "{}", proxy.log_text());
+    }
+    let lines = access_log(&proxy, 2).await;
+    assert!(
+        lines.iter().all(|l| l["client"] == me.to_string()),
+        "{lines:?}"
+    );
+    assert_eq!(lines[0]["tls"]["sni"], "pb.example.com");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_peers_and_missing_or_slow_headers_are_refused() {
     let backend = HttpBackend::start().await;
