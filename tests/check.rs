@@ -218,3 +218,78 @@ fn shared_persistence_needs_a_valid_redis_url() {
     let (code, _, err) = check(&path);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn proxy_protocol_settings_are_checked_at_their_lines() {
+    let cfg = r#"[[service]]
+name = "a"
+listen = "127.0.0.1:7100"
+trusted_proxies = ["10.0.0.0/8"]
+send_proxy = "v3"
+health_check = { kind = "tcp", send_proxy = true }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "b"
+listen = "127.0.0.1:7101"
+accept_proxy = true
+trusted_proxies = ["10.0.0.0/33", "127.0.0.1", "lb.example.com"]
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "c"
+listen = "127.0.0.1:7102"
+accept_proxy = true
+trusted_proxies = []
+send_proxy = "v1"
+health_check = { kind = "plugin:x", send_proxy = true }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "d"
+listen = "127.0.0.1:7103"
+accept_proxy = true
+match = { hosts = ["d.example.com"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "e"
+listen = "127.0.0.1:7103"
+[[service.backend]]
+address = "127.0.0.1:5"
+"#;
+    let e = errors(cfg);
+    let expect = [
+        "F:4:19: trusted_proxies needs accept_proxy = true",
+        "F:5:14: send_proxy: unknown version \"v3\"; expected \"v1\" or \"v2\"",
+        "F:6:45: health_check.send_proxy = true needs send_proxy on the service",
+        "F:14:20: trusted_proxies: \"10.0.0.0/33\" is not an IP address or CIDR block",
+        "F:14:48: trusted_proxies: \"lb.example.com\" is not an IP address or CIDR block",
+        "F:22:19: trusted_proxies: empty list; leave it out to accept a PROXY header from any peer",
+        "F:24:50: health_check.send_proxy only applies to kind = \"tcp\" or \"http\"",
+        "F:38:10: services sharing 127.0.0.1:7103 must agree on accept_proxy and trusted_proxies (see service \"d\", line 30)",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+    }
+}
+
+#[test]
+fn proxy_protocol_settings_show_in_the_summary() {
+    let (_d, path) = write_config(
+        "[[service]]\nname = \"rdp\"\nmode = \"tcp\"\nlisten = \"127.0.0.1:7200\"\naccept_proxy = true\ntrusted_proxies = [\"10.1.2.3/8\", \"::1\"]\nsend_proxy = \"v2\"\nhealth_check = { kind = \"tcp\", send_proxy = true }\n[[service.backend]]\naddress = \"127.0.0.1:5\"\n",
+    );
+    let (code, out, err) = check(&path);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("accept proxy protocol from 10.0.0.0/8,::1/128"),
+        "{out}"
+    );
+    assert!(out.contains("send proxy protocol v2"), "{out}");
+    assert!(out.contains("fall 3 send-proxy"), "{out}");
+}

@@ -6,7 +6,8 @@
 //! ([`balance::hooks::HealthCheck`]). The tree follows a connection: [`io`] accepts it,
 //! [`proxy`] moves its bytes, [`balance`] chooses its backend, [`health`] watches backends,
 //! [`plugin`] runs WASM and Lua hooks, [`observe`] logs and counts, [`config`] and [`cli`] are
-//! how an administrator drives it, and [`server`] assembles the pieces. See ARCHITECTURE.md.
+//! how an administrator drives it, [`proxy_protocol`] carries client addresses through other
+//! balancers, and [`server`] assembles the pieces. See ARCHITECTURE.md.
 
 pub mod admin;
 pub mod balance;
@@ -17,6 +18,7 @@ pub mod io;
 pub mod observe;
 pub mod plugin;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod server;
 pub mod share;
 pub mod tls;

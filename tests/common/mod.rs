@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod backends;
+pub mod haproxy;
 pub mod rdp;
 pub mod redis;
 pub mod tls;

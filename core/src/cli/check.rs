@@ -64,6 +64,18 @@ pub fn summary(cfg: &Config) {
             }
             let _ = writeln!(out, "{line}");
         }
+        if let Some(a) = &s.accept_proxy {
+            let from: Vec<String> = a.trusted.iter().map(|n| n.to_string()).collect();
+            let from = if from.is_empty() {
+                "any peer".into()
+            } else {
+                from.join(",")
+            };
+            let _ = writeln!(out, "    accept proxy protocol from {from}");
+        }
+        if let Some(v) = s.send_proxy {
+            let _ = writeln!(out, "    send proxy protocol {}", v.as_str());
+        }
         if s.redirect_https {
             let _ = writeln!(out, "    redirect to https");
         }
@@ -86,12 +98,13 @@ pub fn summary(cfg: &Config) {
             let port = h.port.map_or(String::new(), |p| format!(" port {p}"));
             let _ = writeln!(
                 out,
-                "    health {}{port} every {} timeout {} rise {} fall {}",
+                "    health {}{port} every {} timeout {} rise {} fall {}{}",
                 h.kind,
                 humantime::format_duration(h.interval),
                 humantime::format_duration(h.timeout),
                 h.rise,
-                h.fall
+                h.fall,
+                if h.send_proxy { " send-proxy" } else { "" }
             );
         }
         for b in &s.backends {

@@ -17,6 +17,7 @@ pub(super) fn validate(
     r: &mut Reporter,
     h: &Spanned<raw::Health>,
     backend_tls: bool,
+    send_proxy: bool,
     refs: &mut Vec<RawRef>,
 ) -> Option<HealthConfig> {
     let hs = h.span();
@@ -101,6 +102,19 @@ pub(super) fn validate(
             r.err(v.span(), "health_check.tls only applies to kind = \"http\"");
         }
     }
+    if let Some(v) = h.send_proxy.as_ref().filter(|v| *v.get_ref()) {
+        if !send_proxy {
+            r.err(
+                v.span(),
+                "health_check.send_proxy = true needs send_proxy on the service (its version is sent)",
+            );
+        } else if matches!(kind, Some(HealthKind::Plugin(_))) {
+            r.err(
+                v.span(),
+                "health_check.send_proxy only applies to kind = \"tcp\" or \"http\"",
+            );
+        }
+    }
     let interval = r
         .positive_duration(&h.interval, "health_check.interval")
         .unwrap_or(Duration::from_secs(2));
@@ -122,5 +136,6 @@ pub(super) fn validate(
         rise,
         fall,
         port,
+        send_proxy: h.send_proxy.as_ref().is_some_and(|v| *v.get_ref()),
     })
 }

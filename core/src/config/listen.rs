@@ -1,6 +1,7 @@
 //! Listen addresses across services. Several services may share an address when they are
 //! http services that each say which requests are theirs (`match`; one may go without and is
-//! the address's default); they must then agree on TLS. A TLS address offers the
+//! the address's default); they must then agree on TLS and on the PROXY protocol
+//! (`accept_proxy`, `trusted_proxies`: the header comes first). A TLS address offers the
 //! certificates of all its services, and `check` warns about a `match` host none covers.
 
 use std::collections::HashMap;
@@ -95,6 +96,16 @@ pub(super) fn check_sharing(r: &mut Reporter, seen: &[Seen], services: &[Service
                     seen[i].listen_span.clone(),
                     format!(
                         "services sharing {addr} must all terminate TLS or none, with the same `tls` settings (see service {:?}, line {first_line})",
+                        reference.name
+                    ),
+                );
+            }
+            // The header is read before anything tells the services apart.
+            if reference.accept_proxy != s.accept_proxy {
+                r.err(
+                    seen[i].listen_span.clone(),
+                    format!(
+                        "services sharing {addr} must agree on accept_proxy and trusted_proxies (see service {:?}, line {first_line})",
                         reference.name
                     ),
                 );

@@ -78,6 +78,9 @@ pub struct Service {
     pub redirect: Option<Spanned<String>>,
     pub backend_tls: Option<Spanned<BackendTls>>,
     pub access_log: Option<Spanned<bool>>,
+    pub accept_proxy: Option<Spanned<bool>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub send_proxy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +138,7 @@ pub struct Health {
     pub fall: Option<Spanned<i64>>,
     pub port: Option<Spanned<i64>>,
     pub tls: Option<Spanned<bool>>,
+    pub send_proxy: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

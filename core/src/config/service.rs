@@ -55,10 +55,10 @@ pub(super) fn validate(
     let fallback_scheduler = super::balance::fallback(r, s);
     let persistence = super::balance::persistence(r, s, mode, ctx, refs);
     let backend_tls = super::tls::backend(r, s, ctx.base);
-    let health_check = s
-        .health_check
-        .as_ref()
-        .and_then(|h| super::health::validate(r, h, backend_tls.is_some(), refs));
+    let (accept_proxy, send_proxy) = proxy_protocol(r, s);
+    let health_check = s.health_check.as_ref().and_then(|h| {
+        super::health::validate(r, h, backend_tls.is_some(), send_proxy.is_some(), refs)
+    });
     let redirect_https = super::tls::redirect(r, s, mode);
     let backends = super::backend::validate(r, s, span, &name, redirect_https);
     let (tls, loaded) = super::tls::termination(r, s, mode, ctx.base);
@@ -131,7 +131,56 @@ pub(super) fn validate(
         redirect_https,
         backend_tls,
         access_log: s.access_log.as_ref().is_none_or(|v| *v.get_ref()),
+        accept_proxy,
+        send_proxy,
     })
+}
+
+/// `accept_proxy`, `trusted_proxies` (addresses or CIDR blocks) and `send_proxy`.
+fn proxy_protocol(
+    r: &mut Reporter,
+    s: &raw::Service,
+) -> (Option<AcceptProxy>, Option<ProxyVersion>) {
+    let accept = s.accept_proxy.as_ref().is_some_and(|v| *v.get_ref());
+    let mut trusted = Vec::new();
+    if let Some(list) = &s.trusted_proxies {
+        if !accept {
+            r.err(list.span(), "trusted_proxies needs accept_proxy = true");
+        } else if list.get_ref().is_empty() {
+            r.err(
+                list.span(),
+                "trusted_proxies: empty list; leave it out to accept a PROXY header from any peer",
+            );
+        }
+        for v in list.get_ref() {
+            let text = v.get_ref().trim();
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match net {
+                Ok(n) => trusted.push(n.trunc()),
+                Err(_) => r.err(
+                    v.span(),
+                    format!("trusted_proxies: {text:?} is not an IP address or CIDR block (e.g. \"10.0.0.0/8\", \"127.0.0.1\")"),
+                ),
+            }
+        }
+    }
+    let send = s
+        .send_proxy
+        .as_ref()
+        .and_then(|v| match v.get_ref().as_str() {
+            "v1" => Some(ProxyVersion::V1),
+            "v2" => Some(ProxyVersion::V2),
+            other => {
+                r.err(
+                    v.span(),
+                    format!("send_proxy: unknown version {other:?}; expected \"v1\" or \"v2\""),
+                );
+                None
+            }
+        });
+    (accept.then_some(AcceptProxy { trusted }), send)
 }
 
 fn listen(r: &mut Reporter, v: &toml::Spanned<toml::Value>) -> Vec<SocketAddr> {

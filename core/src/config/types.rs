@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::report::ConfigError;
+pub use crate::proxy_protocol::{AcceptProxy, Version as ProxyVersion};
 pub use crate::tls::certs::CertSource;
 
 /// Default for `connect_timeout`.
@@ -209,6 +210,9 @@ pub struct HealthConfig {
     pub fall: u32,
     /// Check this port instead of the backend's traffic port.
     pub port: Option<u16>,
+    /// Begin each check's connection with a PROXY header of the service's `send_proxy`
+    /// version, carrying the check connection's own addresses.
+    pub send_proxy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +298,10 @@ pub struct ServiceConfig {
     pub backend_tls: Option<BackendTls>,
     /// Requests or connections of this service go to the access log (when there is one).
     pub access_log: bool,
+    /// Clients arrive behind a load balancer that sends the PROXY protocol.
+    pub accept_proxy: Option<AcceptProxy>,
+    /// Backend connections begin with a PROXY header carrying the client's address.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The `http` check: up when `GET path` answers with the expected status. For a service
-//! with `backend_tls`, the check speaks TLS with the same verification as the traffic.
+//! with `backend_tls`, the check speaks TLS with the same verification as the traffic; with
+//! `send_proxy`, its connection begins with a PROXY header (before TLS).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::balance::hooks::{HealthCheck, HealthReport};
 use crate::balance::pool::Pool;
+use crate::proxy_protocol::{send, Version};
 
 /// Up when `GET path` answers with the expected status.
 pub struct HttpCheck {
@@ -21,6 +23,8 @@ pub struct HttpCheck {
     pub expect_status: u16,
     /// TLS towards the backends: the client configuration and each backend's server name.
     pub tls: Option<(Arc<ClientConfig>, Vec<ServerName<'static>>)>,
+    /// Begin with a PROXY header of this version carrying the check connection's addresses.
+    pub proxy: Option<Version>,
 }
 
 #[async_trait]
@@ -33,7 +37,10 @@ impl HealthCheck for HttpCheck {
         timeout: Duration,
     ) -> Option<HealthReport> {
         let status = async {
-            let tcp = TcpStream::connect(target).await.ok()?;
+            let mut tcp = TcpStream::connect(target).await.ok()?;
+            if let Some(v) = self.proxy {
+                send::write_own(&mut tcp, v).await.ok()?;
+            }
             let host = self.host.as_deref();
             match &self.tls {
                 None => http_status(tcp, target, &self.path, host).await,

@@ -28,8 +28,9 @@ pub fn builtin(svc: &ServiceConfig) -> Result<Option<Arc<dyn HealthCheck>>, Stri
     let Some(cfg) = &svc.health_check else {
         return Ok(None);
     };
+    let proxy = svc.send_proxy.filter(|_| cfg.send_proxy);
     Ok(Some(match &cfg.kind {
-        HealthKind::Tcp => Arc::new(TcpCheck),
+        HealthKind::Tcp => Arc::new(TcpCheck { proxy }),
         HealthKind::Http {
             path,
             expect_status,
@@ -51,6 +52,7 @@ pub fn builtin(svc: &ServiceConfig) -> Result<Option<Arc<dyn HealthCheck>>, Stri
                 host: host.clone(),
                 expect_status: *expect_status,
                 tls,
+                proxy,
             })
         }
         HealthKind::Plugin(_) => return Ok(None),

@@ -150,6 +150,9 @@ pub fn plan(
                     header: lead.header_timeout,
                 },
                 tls,
+                // The same on every service of the address (checked with the config).
+                accept_proxy: lead.accept_proxy.clone(),
+                send_proxy: on.iter().any(|b| b.config().send_proxy.is_some()),
             },
             limits: Limits {
                 service: limits.get(lead, &mut next),

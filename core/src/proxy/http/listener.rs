@@ -18,6 +18,10 @@
 //! `header_timeout`; an HTTP/1 TLS client then takes the same path as a plaintext one, its TLS
 //! session riding along when it is parked. A client that negotiated `h2` is handed to
 //! pingora's HTTP/2 server for the life of the connection.
+//!
+//! On an address with `accept_proxy`, a new connection's PROXY header is read first (within
+//! `header_timeout`, before TLS), and the client address it carries is the connection's peer
+//! from then on.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,6 +48,7 @@ use super::tls_info::WithTls;
 use crate::io::limits::{Limits, Slots, Tally};
 use crate::io::listener::{self, stopping};
 use crate::io::parking::{LotWatcher, ParkingLot, PARK_AFTER};
+use crate::proxy_protocol::AcceptProxy;
 use crate::tls::session::TlsSession;
 
 /// What a client whose header is too slow gets before the connection closes.
@@ -65,6 +70,11 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// Clients speak TLS.
     pub tls: Option<Arc<ServerConfig>>,
+    /// Connections begin with a PROXY header (from these peers).
+    pub accept_proxy: Option<AcceptProxy>,
+    /// A service of the address sends PROXY headers to its backends, which carry the address
+    /// a client connected to: a connection notes its local address once, not per request.
+    pub send_proxy: bool,
 }
 
 /// The listener of one http listen address (serving every service that shares it).
@@ -158,12 +168,17 @@ impl HttpListener {
             move |tcp, peer, slots| {
                 let conn = Conn {
                     peer,
+                    local: None,
                     settings: None,
                     idle_since: Instant::now(),
                     tls: None,
                     _slots: slots,
                 };
-                tokio::spawn(serve(tcp, conn, false, accepted.clone()));
+                let shared = accepted.clone();
+                match shared.settings.load().accept_proxy.is_some() {
+                    true => tokio::spawn(serve_proxied(tcp, conn, shared)),
+                    false => tokio::spawn(serve(tcp, conn, false, shared)),
+                };
             },
         )
         .await;
@@ -176,7 +191,11 @@ impl HttpListener {
 
 /// What a connection carries from one request to the next, in its task or parked.
 struct Conn {
+    /// The client: the peer, or the address its PROXY header carried.
     peer: SocketAddr,
+    /// The address the client connected to, when known: its PROXY header's destination, or
+    /// (for `send_proxy`) the socket's local address.
+    local: Option<SocketAddr>,
     /// pingora's keep-alive state after the last response (with the bytes of a pipelined
     /// request, if any); `None` before the first request.
     settings: Option<HttpPersistentSettings>,
@@ -194,6 +213,9 @@ struct Conn {
 /// client has already spoken (woken from the lot).
 async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shared>) {
     let settings = shared.settings.load_full();
+    if settings.send_proxy && conn.local.is_none() {
+        conn.local = tcp.local_addr().ok();
+    }
     let timeouts = settings.timeouts;
     let keepalive_secs = timeouts.idle.as_secs().max(1);
     let tls = match (&settings.tls, conn.tls.take()) {
@@ -202,7 +224,7 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
                 return;
             };
             if session.alpn_protocol() == Some(b"h2") {
-                return serve_h2(tcp, session, conn.peer, &shared).await;
+                return serve_h2(tcp, session, &conn, &shared).await;
             }
             Some(session)
         }
@@ -235,7 +257,7 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
         ready = false;
         let header_deadline = Instant::now() + timeouts.header;
         client.start_request(!pipelined);
-        let mut session = ServerSession::new_http1(client_stream(&client, conn.peer));
+        let mut session = ServerSession::new_http1(client_stream(&client, conn.peer, conn.local));
         match conn.settings.take() {
             Some(s) => s.apply_to_session(&mut session),
             None => {
@@ -270,6 +292,20 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
     }
 }
 
+/// A new connection on an `accept_proxy` address: its PROXY header first, within
+/// `header_timeout`; a connection without a valid one, or from a peer not trusted, is closed.
+async fn serve_proxied(mut tcp: TcpStream, mut conn: Conn, shared: Arc<Shared>) {
+    let settings = shared.settings.load_full();
+    if let Some(policy) = &settings.accept_proxy {
+        let deadline = Instant::now() + settings.timeouts.header;
+        let Some((peer, local)) = policy.client(&mut tcp, conn.peer, deadline).await else {
+            return;
+        };
+        (conn.peer, conn.local) = (peer, local);
+    }
+    serve(tcp, conn, false, shared).await
+}
+
 /// Completes a new TLS client's handshake within `header_timeout`; `None` (logged at debug
 /// level: port scanners and impatient clients are common) when it fails.
 async fn handshake(
@@ -291,10 +327,10 @@ async fn handshake(
 
 /// An HTTP/2 client: pingora's HTTP/2 server takes the connection over; each stream is a
 /// request through the same proxy phases.
-async fn serve_h2(tcp: TcpStream, session: Box<TlsSession>, peer: SocketAddr, shared: &Shared) {
+async fn serve_h2(tcp: TcpStream, session: Box<TlsSession>, conn: &Conn, shared: &Shared) {
     let client = Arc::new(Client::new(tcp, Some(session)));
     client.start_request(false);
-    let stream = client_stream(&client, peer);
+    let stream = client_stream(&client, conn.peer, conn.local);
     let _ = pingora::apps::ServerApp::process_new(&shared.proxy, stream, &shared.shutdown).await;
 }
 
@@ -349,13 +385,17 @@ fn has_pipelined_prefix(s: &HttpPersistentSettings) -> bool {
     p.found
 }
 
-/// pingora's view of the client socket, with the peer address from `accept` filled in so that
-/// pingora never asks the kernel for it.
-fn client_stream(client: &Arc<Client>, peer: SocketAddr) -> Stream {
+/// pingora's view of the client socket, with the peer address from `accept` (or the PROXY
+/// header) filled in so that pingora never asks the kernel for it, and the local address
+/// when known (pingora would ask the kernel for it only if asked itself).
+fn client_stream(client: &Arc<Client>, peer: SocketAddr, local: Option<SocketAddr>) -> Stream {
     let socket = ClientSocket::new(client.clone());
     let mut stream = L4Stream::from(VirtualSocketStream::new(Box::new(socket)));
     let digest = SocketDigest::from_raw_fd(client.tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PeerAddr::Inet(peer)));
+    if let Some(local) = local {
+        let _ = digest.local_addr.set(Some(PeerAddr::Inet(local)));
+    }
     stream.set_socket_digest(digest);
     match &client.tls_info {
         None => Box::new(stream),
@@ -413,7 +453,7 @@ mod tests {
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (tcp, peer) = l.accept().await.unwrap();
         let client = Arc::new(Client::new(tcp, None));
-        let mut session = ServerSession::new_http1(client_stream(&client, peer));
+        let mut session = ServerSession::new_http1(client_stream(&client, peer, None));
         session.set_keepalive(Some(5));
         session.set_pipelining_enabled(true);
         let mut s = HttpPersistentSettings::for_session(&session);

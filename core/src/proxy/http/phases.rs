@@ -4,7 +4,9 @@
 //! |--------------------------|-------------------------------------------------------------|
 //! | `request_filter`         | route to a service (by host and path), redirect if asked;   |
 //! |                          | persistence-key hook, then choose a backend (503 if none)   |
-//! | `upstream_peer`          | hand pingora the chosen backend; re-choose after a failure  |
+//! | `upstream_peer`          | hand pingora the chosen backend; re-choose after a failure; |
+//! |                          | with `send_proxy`, a peer whose connections carry a PROXY   |
+//! |                          | header and are pooled for this client only                  |
 //! | `fail_to_connect`        | passive health mark, retry once elsewhere (GET/HEAD)        |
 //! | `upstream_request_filter`| add `X-Forwarded-For`, set `X-Forwarded-Proto`              |
 //! | `response_filter`        | persistence hook's response step (e.g. insert a cookie)     |
@@ -33,6 +35,7 @@ use crate::balance::pool::ActiveGuard;
 use crate::config::ServiceConfig;
 use crate::observe::access_log::{AccessLog, HttpLine, TlsFields};
 use crate::observe::metrics::seconds;
+use crate::proxy_protocol::send;
 
 /// One service of a listen address.
 pub struct Route {
@@ -257,9 +260,24 @@ impl ProxyHttp for HttpService {
             }
         };
         let r = ctx.route();
-        let guard = r.balancer.pool.acquire(i);
-        let peer = Box::new(r.peers[i].clone());
-        ctx.active = Some(guard);
+        let mut peer = Box::new(r.peers[i].clone());
+        let cfg = r.balancer.config();
+        if let Some(version) = cfg.send_proxy {
+            // Its own connector and pool key: a connection starts with this client's header.
+            let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
+                a.and_then(|a| a.as_inet()).copied()
+            };
+            let (Some(client), Some(local)) =
+                (inet(session.client_addr()), inet(session.server_addr()))
+            else {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "send_proxy: the client connection's addresses are unknown",
+                ));
+            };
+            send::for_client(&mut peer, version, client, local, cfg.connect_timeout);
+        }
+        ctx.active = Some(r.balancer.pool.acquire(i));
         Ok(peer)
     }
 

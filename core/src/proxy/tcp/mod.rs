@@ -10,6 +10,11 @@
 //! `inspect_timeout`), and a persistence hook sees the decrypted first bytes; with
 //! `backend_tls` the connection to the backend is TLS. Plain connections keep the
 //! readiness-driven socket relay; TLS on either side copies through the TLS streams.
+//!
+//! With `accept_proxy` a connection's PROXY header is read first (within `inspect_timeout`,
+//! before TLS) and its client address is the connection's from then on; with `send_proxy`
+//! the backend connection begins with a header for that client (before TLS to the backend,
+//! in the same write as the inspected bytes otherwise).
 
 pub mod relay;
 
@@ -31,6 +36,7 @@ use crate::config::Mode;
 use crate::io::limits::{Limits, Tally};
 use crate::io::listener;
 use crate::observe::access_log::{AccessLog, TcpEnd, TcpLine, TlsFields};
+use crate::proxy_protocol::send;
 use relay::relay;
 use relay::Relayed;
 
@@ -190,7 +196,7 @@ async fn inspect<S: AsyncRead + Unpin>(
 /// Connects without the `getsockopt(SO_ERROR)` that tokio's connect makes: on Linux a failed
 /// non-blocking connect reports an error or hang-up event with its writability, so the
 /// readiness alone tells (as HAProxy does).
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
     s.set_tcp_nodelay(true)?;
@@ -236,8 +242,11 @@ impl Target {
     /// access log line.
     async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
         let started = std::time::Instant::now();
+        let Some((tcp, peer, header)) = self.proxy_protocol(tcp, peer).await else {
+            return;
+        };
         let (outcome, tls) = match &self.front {
-            None => (self.proxy(tcp, peer).await, None),
+            None => (self.proxy(tcp, peer, header).await, None),
             Some(front) => {
                 let timeout = self.balancer.config().inspect_timeout;
                 match tokio::time::timeout(timeout, front.accept(tcp)).await {
@@ -248,7 +257,7 @@ impl Target {
                             Some(_) => conn.server_name().map(Box::from),
                             None => None,
                         };
-                        (self.proxy(tls, peer).await, Some((version, sni)))
+                        (self.proxy(tls, peer, header).await, Some((version, sni)))
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(client = %peer, "TLS handshake failed: {e}");
@@ -294,8 +303,41 @@ impl Target {
         });
     }
 
-    /// From the client's first bytes to the end of the relay.
-    async fn proxy<C: ClientStream>(&self, mut client: C, peer: SocketAddr) -> Outcome {
+    /// With `accept_proxy`, reads the connection's PROXY header (`None`: refused, closed);
+    /// with `send_proxy`, makes the header for the backend. Returns the socket, the client's
+    /// address and that header.
+    async fn proxy_protocol(
+        &self,
+        mut tcp: TcpStream,
+        mut peer: SocketAddr,
+    ) -> Option<(TcpStream, SocketAddr, Option<Vec<u8>>)> {
+        let cfg = self.balancer.config();
+        let mut local = None;
+        if let Some(policy) = &cfg.accept_proxy {
+            let deadline = std::time::Instant::now() + cfg.inspect_timeout;
+            (peer, local) = policy.client(&mut tcp, peer, deadline).await?;
+        }
+        let header = match cfg.send_proxy {
+            None => None,
+            Some(v) => {
+                let local = match local {
+                    Some(l) => l,
+                    None => tcp.local_addr().ok()?,
+                };
+                Some(send::header(v, peer, local))
+            }
+        };
+        Some((tcp, peer, header))
+    }
+
+    /// From the client's first bytes to the end of the relay; `header`: the PROXY header
+    /// the backend connection begins with.
+    async fn proxy<C: ClientStream>(
+        &self,
+        mut client: C,
+        peer: SocketAddr,
+        header: Option<Vec<u8>>,
+    ) -> Outcome {
         let b = &self.balancer;
         let cfg = b.config();
         let base = Request {
@@ -363,9 +405,30 @@ impl Target {
             end,
         };
         match &self.back {
-            None => served(client.relay_to(server, payload, cfg.idle_timeout).await),
+            None => {
+                // The header goes in the same write as the inspected bytes; it is not the
+                // client's, so not counted as theirs.
+                let (first, proxy_len) = match header {
+                    None => (payload, 0),
+                    Some(mut h) => {
+                        let n = h.len() as u64;
+                        h.extend_from_slice(&payload);
+                        (h, n)
+                    }
+                };
+                let mut r = client.relay_to(server, first, cfg.idle_timeout).await;
+                r.bytes_in = r.bytes_in.saturating_sub(proxy_len);
+                served(r)
+            }
             Some((connector, names)) => {
-                let handshake = connector.connect(names[i].clone(), server);
+                // The PROXY header goes before the TLS handshake, in the clear.
+                let handshake = async {
+                    let mut server = server;
+                    if let Some(h) = &header {
+                        server.write_all(h).await?;
+                    }
+                    connector.connect(names[i].clone(), server).await
+                };
                 let mut server = match tokio::time::timeout(cfg.connect_timeout, handshake).await {
                     Ok(Ok(s)) => s,
                     _ => {
