@@ -215,8 +215,15 @@ fn shared_persistence_needs_a_valid_redis_url() {
     let (_d, path) = write_config(&format!(
         "[proxy]\nredis = \"rediss://user:pw@127.0.0.1:1/3\"\n{svc}"
     ));
-    let (code, _, err) = check(&path);
+    let (code, out, err) = check(&path);
     assert_eq!(code, 0, "{err}");
+    // The summary names it without the password.
+    assert!(
+        out.contains("shared persistence through rediss://***@127.0.0.1:1/3"),
+        "{out}"
+    );
+    assert!(out.contains("persistence source_ip timeout 30m shared"), "{out}");
+    assert!(!out.contains("pw"), "{out}");
 }
 
 #[test]

@@ -21,6 +21,9 @@ pub fn summary(cfg: &Config) {
             n => format!(", {n} warning(s)"),
         }
     );
+    if let Some(r) = &cfg.proxy.redis {
+        let _ = writeln!(out, "  shared persistence through {}", r.shown());
+    }
     for s in &cfg.services {
         let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(
@@ -34,9 +37,10 @@ pub fn summary(cfg: &Config) {
         if let Some(p) = &s.persistence {
             let _ = writeln!(
                 out,
-                "    persistence {} timeout {}",
+                "    persistence {} timeout {}{}",
                 p.key,
-                humantime::format_duration(p.timeout)
+                humantime::format_duration(p.timeout),
+                if p.shared { " shared" } else { "" }
             );
         }
         if let Some(t) = &s.tls {
