@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use common::{missing_dependency, BIN};
 
 const VIP: &str = "192.0.2.50";
+/// Debian's, in /usr/sbin (not on every user's PATH).
+const KEEPALIVED: &str = "/usr/sbin/keepalived";
 const REDIS_PASSWORD: &str = "ha-pair-test-redis-password";
 const BACKENDS: [(&str, &str); 3] = [
     ("web1", "192.0.2.21"),
@@ -295,9 +297,9 @@ fn keepalived_pair_fails_over_and_users_keep_their_backends() {
         missing_dependency("root", "network namespaces need root");
         return;
     }
-    for cmd in ["ip", "keepalived", "redis-server", "python3", "curl"] {
+    for cmd in ["ip", KEEPALIVED, "redis-server", "python3", "curl"] {
         if !have(cmd) {
-            missing_dependency(cmd, &format!("{cmd} is not installed"));
+            missing_dependency("redis-server", &format!("{cmd} is not installed"));
             return;
         }
     }
