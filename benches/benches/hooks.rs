@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
-use plugboard::balance::hooks::{KeyOutcome, Request};
+use plugboard::balance::hooks::{Key, KeyOutcome, Request};
 use plugboard::config::{Config, Mode};
 
 const BACKENDS: usize = 16;
@@ -95,7 +95,17 @@ fn config(dir: &Path, wasm: bool) -> Config {
     if wasm {
         services.push(("wasm", "scheduler = \"plugin:rr-wasm\"\npersistence = { key = \"plugin:hk-wasm\" }\nhealth_check = { kind = \"plugin:up-wasm\" }\n[service.plugin.hk-wasm]\nheader = \"X-User\"".to_string()));
     }
-    let mut text = format!("[proxy]\nplugins_dir = \"{}\"\n", dir.display());
+    // Shared persistence: Built::new makes the Redis link but nothing connects, and lookups
+    // never leave the process, so the table is timed without a Redis.
+    services.push((
+        "shared",
+        "scheduler = \"round_robin\"\npersistence = { key = \"header:X-User\", shared = true }"
+            .to_string(),
+    ));
+    let mut text = format!(
+        "[proxy]\nplugins_dir = \"{}\"\nredis = \"redis://127.0.0.1:1/0\"\n",
+        dir.display()
+    );
     for (i, (name, extra)) in services.iter().enumerate() {
         text.push_str(&format!(
             "\n[[service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{}\"\n{extra}\n{backends}",
@@ -146,6 +156,28 @@ fn hooks(c: &mut Criterion) {
         };
         g.bench_function(b.config().name.as_str(), |bench| {
             bench.iter(|| black_box(b.key(black_box(&req))))
+        });
+    }
+    g.finish();
+
+    // A pinned key found again: the local table, and the shared one.
+    let mut g = c.benchmark_group("persistence lookup (hit)");
+    for b in balancers
+        .iter()
+        .filter(|b| matches!(b.config().name.as_str(), "builtin" | "shared"))
+    {
+        let req = Request {
+            service: &b.config().name,
+            mode: Mode::Http,
+            client: Some(client),
+            http: Some(&header),
+            payload: &[],
+            key: None,
+        };
+        let key = KeyOutcome::Key(Key::Borrowed(b"alice"));
+        b.choose(&req, &key, &[]);
+        g.bench_function(b.config().name.as_str(), |bench| {
+            bench.iter(|| black_box(b.choose(black_box(&req), &key, &[])))
         });
     }
     g.finish();
