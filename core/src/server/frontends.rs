@@ -6,6 +6,10 @@
 //! services: a plugin call that holds a worker up to its deadline then delays only the
 //! connections of its own address, never those of another service. A stopped listener's
 //! runtime lives on until the last connection it accepted has ended.
+//!
+//! With `threads = 1` that runtime is tokio's current-thread scheduler on the listener's own
+//! thread (pingora's `work_stealing = false`): accepting and every connection run on one
+//! thread, with no cross-thread wake-ups, task stealing or atomic run-queue handoffs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -104,11 +108,16 @@ fn spawn(
     metrics.add_listener(addr, tally.counts());
     let (closed, on_closed) = oneshot::channel();
     let mut shutdown = shutdown.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name(format!("listener {addr}"))
-        .enable_all()
-        .build();
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .thread_name(format!("listener {addr}"))
+            .enable_all()
+            .build(),
+    };
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {

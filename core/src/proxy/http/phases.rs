@@ -226,6 +226,10 @@ impl ProxyHttp for HttpService {
         Ctx::default()
     }
 
+    /// None: pingora's default is a response-compression module at level 0 (disabled), which
+    /// still runs its filters on every request and response.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.started = Some(Instant::now());
         let table = ctx.table.insert(self.current.load_full());
