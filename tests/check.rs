@@ -222,7 +222,10 @@ fn shared_persistence_needs_a_valid_redis_url() {
         out.contains("shared persistence through rediss://***@127.0.0.1:1/3"),
         "{out}"
     );
-    assert!(out.contains("persistence source_ip timeout 30m shared"), "{out}");
+    assert!(
+        out.contains("persistence source_ip timeout 30m shared"),
+        "{out}"
+    );
     assert!(!out.contains("pw"), "{out}");
 }
 

@@ -172,12 +172,14 @@ async fn haproxy_in_front_of_an_http_service_that_terminates_tls() {
 async fn untrusted_peers_and_missing_or_slow_headers_are_refused() {
     let backend = HttpBackend::start().await;
     let listen = free_addr();
+    let metrics = free_addr();
     let extra = "accept_proxy = true\ntrusted_proxies = [\"127.0.0.1\"]\nheader_timeout = \"1s\"";
-    let proxy = Proxy::start(
-        &service_toml("http", listen, extra, &[(backend.addr, 1)]),
-        listen,
-    )
-    .await;
+    let cfg = service_toml("http", listen, extra, &[(backend.addr, 1)]).replacen(
+        "[proxy]\n",
+        &format!("[proxy]\nmetrics = \"{metrics}\"\n"),
+        1,
+    );
+    let proxy = Proxy::start(&cfg, listen).await;
     let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
     let v1 = b"PROXY TCP4 192.0.2.9 127.0.0.1 1000 80\r\n";
 
@@ -209,6 +211,22 @@ async fn untrusted_peers_and_missing_or_slow_headers_are_refused() {
     assert_eq!(
         *backend.forwarded.lock().unwrap(),
         ["127.0.0.1", "192.0.2.9"]
+    );
+    // Every connection but the two served is counted as refused: the three above and the
+    // harness's readiness probe (a connect without a header).
+    let text = scrape(metrics).await;
+    let value = |family: &str| -> u64 {
+        let prefix = format!("{family}{{listener=\"{listen}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} not in:\n{text}"))
+    };
+    let accepted = value("plugboard_listener_connections_total");
+    assert!(accepted >= 5, "{text}");
+    assert_eq!(
+        value("plugboard_listener_refused_total"),
+        accepted - 2,
+        "{text}"
     );
 }
 

@@ -45,10 +45,22 @@ pub struct TallyCounts {
     open: AtomicUsize,
     accepted: AtomicU64,
     limit_waits: AtomicU64,
+    /// Connections closed before being served: no valid PROXY header, or from a peer not in
+    /// `trusted_proxies`.
+    refused: AtomicU64,
 }
 
 /// One connection in a [`Tally`], for as long as it lives.
 pub struct Present(Arc<TallyCounts>);
+
+impl Slots {
+    /// This connection is closed unserved (see [`TallyCounts::refused`]).
+    pub fn refused(&self) {
+        if let Some(p) = &self._present {
+            p.0.refused.fetch_add(1, Relaxed);
+        }
+    }
+}
 
 impl Tally {
     /// A connection was accepted: its place in the count, for as long as it lives.
@@ -88,6 +100,10 @@ impl TallyCounts {
 
     pub fn limit_waits(&self) -> u64 {
         self.limit_waits.load(Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
     }
 }
 

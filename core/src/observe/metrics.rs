@@ -74,6 +74,7 @@ pub struct Metrics {
     listener_open: IntGaugeVec,
     listener_accepted: IntCounterVec,
     listener_waits: IntCounterVec,
+    listener_refused: IntCounterVec,
     plugins: PluginMetrics,
     access_log_dropped: IntCounter,
     shared: SharedMetrics,
@@ -384,6 +385,11 @@ impl Metrics {
                 "Times a listener stopped accepting because max_connections was reached",
                 &["listener"],
             ),
+            listener_refused: counter(
+                "plugboard_listener_refused_total",
+                "Connections closed unserved: no valid PROXY header in time, or a peer not in trusted_proxies",
+                &["listener"],
+            ),
             plugins: PluginMetrics {
                 faults: counter(
                     "plugboard_plugin_faults_total",
@@ -521,6 +527,7 @@ impl Metrics {
                 let Some(c) = counts.upgrade() else {
                     let _ = self.listener_accepted.remove_label_values(&label);
                     let _ = self.listener_waits.remove_label_values(&label);
+                    let _ = self.listener_refused.remove_label_values(&label);
                     return false;
                 };
                 self.listener_open
@@ -533,6 +540,10 @@ impl Metrics {
                 set_counter(
                     &self.listener_waits.with_label_values(&label),
                     c.limit_waits(),
+                );
+                set_counter(
+                    &self.listener_refused.with_label_values(&label),
+                    c.refused(),
                 );
                 true
             });

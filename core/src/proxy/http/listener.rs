@@ -299,6 +299,7 @@ async fn serve_proxied(mut tcp: TcpStream, mut conn: Conn, shared: Arc<Shared>) 
     if let Some(policy) = &settings.accept_proxy {
         let deadline = Instant::now() + settings.timeouts.header;
         let Some((peer, local)) = policy.client(&mut tcp, conn.peer, deadline).await else {
+            conn._slots.refused();
             return;
         };
         (conn.peer, conn.local) = (peer, local);

@@ -33,7 +33,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::balance::balancer::{Balancer, Persisted};
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::config::Mode;
-use crate::io::limits::{Limits, Tally};
+use crate::io::limits::{Limits, Slots, Tally};
 use crate::io::listener;
 use crate::observe::access_log::{AccessLog, TcpEnd, TcpLine, TlsFields};
 use crate::proxy_protocol::send;
@@ -152,8 +152,7 @@ impl TcpListenerUnit {
             move |tcp, peer, slots| {
                 let target = conns.target();
                 tokio::spawn(async move {
-                    target.serve(tcp, peer).await;
-                    drop(slots);
+                    target.serve(tcp, peer, &slots).await;
                 });
             },
         )
@@ -240,9 +239,10 @@ impl Outcome {
 impl Target {
     /// One client connection: TLS termination if configured, then the proxying, then its
     /// access log line.
-    async fn serve(&self, tcp: TcpStream, peer: SocketAddr) {
+    async fn serve(&self, tcp: TcpStream, peer: SocketAddr, slots: &Slots) {
         let started = std::time::Instant::now();
         let Some((tcp, peer, header)) = self.proxy_protocol(tcp, peer).await else {
+            slots.refused();
             return;
         };
         let (outcome, tls) = match &self.front {
