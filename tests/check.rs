@@ -211,6 +211,16 @@ fn shared_persistence_needs_a_valid_redis_url() {
             .any(|l| l.starts_with("F:6:") && l.contains("cookie persistence keeps no table")),
         "{e:?}"
     );
+    let (d, path) = write_config(&format!(
+        "[proxy]\nredis = \"rediss://127.0.0.1:1/0\"\nredis_ca_file = \"ca.pem\"\n{svc}"
+    ));
+    std::fs::write(d.path().join("ca.pem"), "not a certificate").unwrap();
+    let (code, _, err) = check(&path);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":3:17: redis_ca_file:") && err.contains("holds no PEM certificate"),
+        "{err}"
+    );
     // A good URL passes without Redis running: `check` does not connect.
     let (_d, path) = write_config(&format!(
         "[proxy]\nredis = \"rediss://user:pw@127.0.0.1:1/3\"\n{svc}"

@@ -271,3 +271,96 @@ async fn redis_frozen_or_killed_under_load_fails_nothing_and_sharing_resumes() {
     }
     assert!(p.http.iter().all(|b| b.hits() > 0));
 }
+
+/// `rediss://` with `redis_ca_file` and `redis_password_file`: pins are shared over TLS, and
+/// an instance that does not trust the server's certificate shares nothing (and still serves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pins_are_shared_over_tls_with_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::tls::Ca::new(dir.path());
+    let cert = ca.issue("redis", &["127.0.0.1"], common::tls::KeyType::Ecdsa, 30);
+    let password = "a redis password for the tls test";
+    let Some((redis, tls)) = RedisServer::start_tls(&cert.cert, &cert.key, password) else {
+        return;
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("redis.password"), password).unwrap();
+    let backends = [
+        HttpBackend::start().await,
+        HttpBackend::start().await,
+        HttpBackend::start().await,
+    ];
+    let start = async |ca_file: Option<&std::path::Path>| {
+        let (web, metrics) = (free_addr(), free_addr());
+        let list: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                format!(
+                    "[[service.backend]]\nname = \"b{i}\"\naddress = \"{}\"\n",
+                    b.addr
+                )
+            })
+            .collect();
+        let ca_line = ca_file
+            .map(|p| format!("redis_ca_file = \"{}\"\n", p.display()))
+            .unwrap_or_default();
+        let cfg = format!(
+            "[proxy]\nthreads = 2\nmetrics = \"{metrics}\"\nredis = \"rediss://{tls}/0\"\n\
+             redis_password_file = \"{}\"\n{ca_line}\n\
+             [[service]]\nname = \"web\"\nlisten = \"{web}\"\nscheduler = \"random_two\"\n\
+             persistence = {{ key = \"header:X-User\", timeout = \"20m\", shared = true }}\n{list}",
+            secrets.path().join("redis.password").display()
+        );
+        (web, metrics, Proxy::start(&cfg, web).await)
+    };
+    let up = async |metrics: SocketAddr| {
+        scrape(metrics)
+            .await
+            .lines()
+            .any(|l| l == "plugboard_redis_up 1")
+    };
+    let (a, ma, pa) = start(Some(&ca.cert)).await;
+    let (b, mb, pb) = start(Some(&ca.cert)).await;
+    for (m, p) in [(ma, &pa), (mb, &pb)] {
+        assert!(
+            eventually(Duration::from_secs(10), async || up(m).await).await,
+            "not connected over TLS:\n{}",
+            p.log_text()
+        );
+    }
+    let get = async |to: SocketAddr, user: &str| {
+        let mut c = Client::connect(to).await.unwrap();
+        c.get("/", &[("X-User", user)]).await.unwrap().body
+    };
+    let mut first = Vec::new();
+    for u in 0..20 {
+        first.push(get(a, &format!("tls{u}")).await);
+    }
+    let received = async || {
+        scrape(mb)
+            .await
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("plugboard_redis_pins_received_total ")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(10), async || received().await >= 20).await);
+    for (u, backend) in first.iter().enumerate().rev() {
+        assert_eq!(&get(b, &format!("tls{u}")).await, backend, "tls{u}");
+    }
+    // Without the CA the server's certificate is not trusted: no connection, requests served.
+    let (c, mc, pc) = start(None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!up(mc).await, "connected without trusting the certificate");
+    assert!(!get(c, "tls0").await.is_empty());
+    assert!(
+        pc.log_text().contains("Redis unreachable"),
+        "{}",
+        pc.log_text()
+    );
+    drop(redis);
+}

@@ -10,6 +10,8 @@ pub struct RedisServer {
     pub addr: SocketAddr,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// More arguments (TLS, a password), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -23,13 +25,50 @@ impl RedisServer {
             super::missing_dependency("redis-server", "redis-server is not installed");
             return None;
         }
+        Some(Self::with_args(Vec::new()))
+    }
+
+    /// Also on a TLS port (`tls`: certificate and key files) with a password: clients must
+    /// use `rediss://` on `tls_port` and authenticate. The plain port stays for the test's
+    /// own checks.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        password: &str,
+    ) -> Option<(RedisServer, SocketAddr)> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            super::missing_dependency("redis-server", "redis-server is not installed");
+            return None;
+        }
+        let tls = super::free_addr();
+        let extra = vec![
+            "--tls-port".to_string(),
+            tls.port().to_string(),
+            "--tls-cert-file".to_string(),
+            cert.display().to_string(),
+            "--tls-key-file".to_string(),
+            key.display().to_string(),
+            "--tls-auth-clients".to_string(),
+            "no".to_string(),
+            "--requirepass".to_string(),
+            password.to_string(),
+        ];
+        Some((Self::with_args(extra), tls))
+    }
+
+    fn with_args(extra: Vec<String>) -> RedisServer {
         let mut r = RedisServer {
             addr: super::free_addr(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            extra,
         };
         r.restart();
-        Some(r)
+        r
     }
 
     pub fn url(&self) -> String {
@@ -44,13 +83,18 @@ impl RedisServer {
             .args(["--port", &self.addr.port().to_string()])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.command("PING").as_deref() != Some("+PONG") {
+        // PONG, or NOAUTH when a password is required: either way it answers.
+        while !self
+            .command("PING")
+            .is_some_and(|a| a == "+PONG" || a.starts_with("-NOAUTH"))
+        {
             assert!(Instant::now() < deadline, "redis-server did not answer");
             std::thread::sleep(Duration::from_millis(20));
         }
