@@ -306,6 +306,40 @@ async fn failing_health_check_removes_and_restores_backend() {
     );
 }
 
+/// Pooled upstream connections are reused, each for its own backend only (the reuse check of
+/// vendor/PATCHES.md patch 1): 200 requests over two kept-alive clients alternate exactly
+/// between the two backends, and each backend saw a handful of connections, not 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_for_their_own_backend() {
+    let (bs, list) = three([1, 1, 1]).await;
+    let listen = free_addr();
+    let _p = Proxy::start(&service(listen, "", &list[..2]), listen).await;
+    let (mut c1, mut c2) = (
+        Client::connect(listen).await.unwrap(),
+        Client::connect(listen).await.unwrap(),
+    );
+    let mut bodies = Vec::new();
+    for i in 0..200 {
+        let c = if i % 2 == 0 { &mut c1 } else { &mut c2 };
+        bodies.push(c.get("/", &[]).await.unwrap().body);
+    }
+    for pair in bodies.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "round robin broken: a request reached the wrong backend"
+        );
+    }
+    for b in &bs[..2] {
+        assert_eq!(b.hits(), 100);
+        let conns = b.accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            conns <= 4,
+            "{} took {conns} connections for 100 requests",
+            b.addr
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_costs_no_failed_get() {
     let (mut bs, list) = three([1, 1, 1]).await;

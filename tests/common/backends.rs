@@ -22,6 +22,8 @@ pub struct HttpBackend {
     pub health: Arc<AtomicU16>,
     /// `X-Forwarded-For` values seen.
     pub forwarded: Arc<Mutex<Vec<String>>>,
+    /// TCP connections accepted.
+    pub accepted: Arc<AtomicUsize>,
     tasks: Option<JoinSet<()>>,
 }
 
@@ -44,14 +46,21 @@ impl HttpBackend {
         let hits = Arc::new(AtomicUsize::new(0));
         let health = Arc::new(AtomicU16::new(200));
         let forwarded = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
-        let (h, he, f) = (hits.clone(), health.clone(), forwarded.clone());
+        let (h, he, f, a) = (
+            hits.clone(),
+            health.clone(),
+            forwarded.clone(),
+            accepted.clone(),
+        );
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     continue;
                 };
+                a.fetch_add(1, Ordering::SeqCst);
                 conns.spawn(serve_http(s, addr, h.clone(), he.clone(), f.clone()));
             }
         });
@@ -60,6 +69,7 @@ impl HttpBackend {
             hits,
             health,
             forwarded,
+            accepted,
             tasks: Some(tasks),
         }
     }
