@@ -14,34 +14,33 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
+/// redis-server is there; when not, the test fails unless the skip is allowed.
+fn installed() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok()
+        || super::missing_dependency("redis-server", "redis-server is not installed")
+}
+
 impl RedisServer {
     /// Starts one on a free port; `None` only when its absence is an allowed skip.
     pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            super::missing_dependency("redis-server", "redis-server is not installed");
+        if !installed() {
             return None;
         }
         Some(Self::with_args(Vec::new()))
     }
 
-    /// Also on a TLS port (`tls`: certificate and key files) with a password: clients must
-    /// use `rediss://` on `tls_port` and authenticate. The plain port stays for the test's
+    /// Also on a TLS port (certificate and key files) with a password: clients must use
+    /// `rediss://` on the returned address and authenticate. The plain port stays for the test's
     /// own checks.
     pub fn start_tls(
         cert: &std::path::Path,
         key: &std::path::Path,
         password: &str,
     ) -> Option<(RedisServer, SocketAddr)> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            super::missing_dependency("redis-server", "redis-server is not installed");
+        if !installed() {
             return None;
         }
         let tls = super::free_addr();
