@@ -115,6 +115,22 @@ fn config(dir: &Path, wasm: bool) -> Config {
     Config::parse(&dir.join("bench.toml"), &text).expect("bench config")
 }
 
+/// The request each service's hooks see.
+fn request<'a>(
+    b: &'a plugboard::balance::balancer::Balancer,
+    header: &'a RequestHeader,
+    client: SocketAddr,
+) -> Request<'a> {
+    Request {
+        service: &b.config().name,
+        mode: Mode::Http,
+        client: Some(client),
+        http: Some(header),
+        payload: &[],
+        key: None,
+    }
+}
+
 fn hooks(c: &mut Criterion) {
     let (dir, wasm) = plugins_dir();
     let cfg = config(&dir.0, wasm);
@@ -130,14 +146,7 @@ fn hooks(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("select-server");
     for b in balancers {
-        let req = Request {
-            service: &b.config().name,
-            mode: Mode::Http,
-            client: Some(client),
-            http: Some(&header),
-            payload: &[],
-            key: None,
-        };
+        let req = request(b, &header, client);
         g.bench_function(b.config().name.as_str(), |bench| {
             bench.iter(|| black_box(b.choose(black_box(&req), &KeyOutcome::None, &[])))
         });
@@ -146,14 +155,7 @@ fn hooks(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("persistence-key");
     for b in balancers {
-        let req = Request {
-            service: &b.config().name,
-            mode: Mode::Http,
-            client: Some(client),
-            http: Some(&header),
-            payload: &[],
-            key: None,
-        };
+        let req = request(b, &header, client);
         g.bench_function(b.config().name.as_str(), |bench| {
             bench.iter(|| black_box(b.key(black_box(&req))))
         });
@@ -166,14 +168,7 @@ fn hooks(c: &mut Criterion) {
         .iter()
         .filter(|b| matches!(b.config().name.as_str(), "builtin" | "shared"))
     {
-        let req = Request {
-            service: &b.config().name,
-            mode: Mode::Http,
-            client: Some(client),
-            http: Some(&header),
-            payload: &[],
-            key: None,
-        };
+        let req = request(b, &header, client);
         let key = KeyOutcome::Key(Key::Borrowed(b"alice"));
         b.choose(&req, &key, &[]);
         g.bench_function(b.config().name.as_str(), |bench| {

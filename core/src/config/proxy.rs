@@ -210,8 +210,8 @@ fn redis(r: &mut Reporter, p: &raw::Proxy, base: &Path) -> Option<RedisConfig> {
     let password = read(&p.redis_password_file, "redis_password_file")
         .map(|b| String::from_utf8_lossy(b.trim_ascii()).into_owned());
     let ca = read(&p.redis_ca_file, "redis_ca_file");
-    if let (Some(f), Some(_)) = (&p.redis_ca_file, &ca) {
-        if let Err(e) = crate::tls::client::roots_from_file(&base.join(f.get_ref())) {
+    if let (Some(f), Some(pem)) = (&p.redis_ca_file, &ca) {
+        if let Err(e) = crate::tls::client::roots_from_pem(pem, &base.join(f.get_ref())) {
             r.err(f.span(), format!("redis_ca_file: {e}"));
         }
     }

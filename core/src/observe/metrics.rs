@@ -217,27 +217,23 @@ impl Metrics {
         )
         .expect("valid metric");
         reg(Box::new(effective_weight.clone()));
-        let access_log_dropped = IntCounter::new(
-            "plugboard_access_log_dropped_total",
-            "Access log lines dropped because the writer lagged behind",
-        )
-        .expect("valid metric");
-        reg(Box::new(access_log_dropped.clone()));
         let int_counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
             reg(Box::new(c.clone()));
             c
         };
+        let access_log_dropped = int_counter(
+            "plugboard_access_log_dropped_total",
+            "Access log lines dropped because the writer lagged behind",
+        );
+        let redis_up = IntGauge::new(
+            "plugboard_redis_up",
+            "1 while connected to the Redis of shared persistence",
+        )
+        .expect("valid metric");
+        reg(Box::new(redis_up.clone()));
         let shared = SharedMetrics {
-            up: {
-                let g = IntGauge::new(
-                    "plugboard_redis_up",
-                    "1 while connected to the Redis of shared persistence",
-                )
-                .expect("valid metric");
-                reg(Box::new(g.clone()));
-                g
-            },
+            up: redis_up,
             errors: int_counter(
                 "plugboard_redis_errors_total",
                 "Redis connections lost or refused and commands failed or timed out",

@@ -1,6 +1,7 @@
 //! The process's connection to Redis: one task that writes this instance's pins, applies the
 //! other instances' pins, and survives Redis going away.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,8 @@ pub struct Link {
     queue: ArrayQueue<Write>,
     wake: Notify,
     tables: Mutex<Vec<Weak<SharedTable>>>,
+    /// Tables registered so far: the task loads pins only when this moved.
+    registered: AtomicU64,
     metrics: SharedMetrics,
 }
 
@@ -58,6 +61,7 @@ impl Link {
             queue: ArrayQueue::new(QUEUE),
             wake: Notify::new(),
             tables: Mutex::new(Vec::new()),
+            registered: AtomicU64::new(0),
             metrics,
         })
     }
@@ -70,6 +74,7 @@ impl Link {
         let mut tables = self.tables.lock().expect("tables lock");
         tables.retain(|t| t.strong_count() > 0);
         tables.push(Arc::downgrade(table));
+        self.registered.fetch_add(1, Ordering::Release);
         // A table made by a reload loads what Redis holds at the next tick.
         self.wake.notify_one();
     }
@@ -164,6 +169,7 @@ impl Link {
             Err(_) => return timeout("subscribing"),
         };
         let mut loaded: Vec<Weak<SharedTable>> = Vec::new();
+        let mut registered = self.registered.load(Ordering::Acquire);
         if let Err(e) = self.load_new(&mut conn, &mut loaded).await {
             return e;
         }
@@ -186,8 +192,12 @@ impl Link {
                     None => return timeout("subscription closed"),
                 },
             }
-            if let Err(e) = self.load_new(&mut conn, &mut loaded).await {
-                return e;
+            let now = self.registered.load(Ordering::Acquire);
+            if now != registered {
+                registered = now;
+                if let Err(e) = self.load_new(&mut conn, &mut loaded).await {
+                    return e;
+                }
             }
             if let Err(e) = self.flush(&mut conn, &mut st.pending).await {
                 return e;

@@ -4,14 +4,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::notification::RemovalCause;
+use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use prometheus::IntCounter;
 
 use super::link::{Link, Write};
 use crate::balance::hooks::Key;
 use crate::balance::identity::BackendId;
-use crate::balance::persistence::PersistenceTable;
+use crate::balance::persistence::{idle_cache, PersistenceTable};
 
 /// One pin held locally.
 struct Pin {
@@ -70,15 +70,7 @@ impl SharedTable {
             next_refresh: std::sync::Mutex::new(std::time::Instant::now() + refresh_every(timeout)),
             timeout,
             max_entries,
-            entries: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_idle(timeout)
-                .eviction_listener(move |_, _, cause| {
-                    if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                        evictions.inc();
-                    }
-                })
-                .build(),
+            entries: idle_cache(timeout, max_entries, EvictionPolicy::tiny_lfu(), evictions),
             link: link.clone(),
         });
         link.register(&table);

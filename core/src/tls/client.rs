@@ -16,8 +16,13 @@ use crate::config::{BackendConfig, BackendTls};
 /// The CA certificates in a PEM file.
 pub fn roots_from_file(path: &Path) -> Result<RootCertStore, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    roots_from_pem(&bytes, path)
+}
+
+/// The CA certificates in PEM `bytes`, read from `path` (for the messages).
+pub fn roots_from_pem(bytes: &[u8], path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&bytes) {
+    for c in CertificateDer::pem_slice_iter(bytes) {
         let c = c.map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
         roots
             .add(c)

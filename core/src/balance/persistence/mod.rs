@@ -10,7 +10,7 @@ mod table;
 
 pub use cookie::InsertedCookie;
 pub use keys::{HeaderKey, SourceIp};
-pub use table::{MemoryTable, PersistenceTable};
+pub use table::{idle_cache, MemoryTable, PersistenceTable};
 
 use crate::balance::hooks::PersistenceKey;
 use crate::config::{PersistenceConfig, PersistenceKeyKind};

@@ -52,20 +52,32 @@ impl MemoryTable {
         evictions: IntCounter,
     ) -> Self {
         MemoryTable {
-            entries: Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_idle(timeout)
-                .eviction_policy(policy)
-                .eviction_listener(move |_, _, cause| {
-                    if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                        evictions.inc();
-                    }
-                })
-                .build(),
+            entries: idle_cache(timeout, max_entries, policy, evictions),
             // Random per process: a client cannot craft a key that collides with another's.
             hasher: std::hash::RandomState::new(),
         }
     }
+}
+
+/// A table of pins (by key hash) with time-to-idle expiry, bounded to `max_entries` under
+/// `policy`; `evictions` counts pins dropped by the bound or the timeout. Shared by the
+/// in-process table and the local side of a shared one.
+pub fn idle_cache<V: Clone + Send + Sync + 'static>(
+    timeout: Duration,
+    max_entries: u64,
+    policy: EvictionPolicy,
+    evictions: IntCounter,
+) -> Cache<u64, V> {
+    Cache::builder()
+        .max_capacity(max_entries)
+        .time_to_idle(timeout)
+        .eviction_policy(policy)
+        .eviction_listener(move |_, _, cause| {
+            if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                evictions.inc();
+            }
+        })
+        .build()
 }
 
 impl PersistenceTable for MemoryTable {
