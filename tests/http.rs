@@ -340,6 +340,35 @@ async fn upstream_connections_are_reused_for_their_own_backend() {
     }
 }
 
+/// The upstream pool (vendor/PATCHES.md, patch 2) has no task per idle connection: it must
+/// still keep a connection for reuse, and close it once idle for `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_idle_timeout() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let b = HttpBackend::start().await;
+    let listen = free_addr();
+    let _p = Proxy::start(
+        &service(listen, "idle_timeout = \"1s\"", &[(b.addr, 1)]),
+        listen,
+    )
+    .await;
+    keepalive_gets(listen, 20).await;
+    assert_eq!(
+        b.accepted.load(SeqCst),
+        1,
+        "20 GETs took more than one connection"
+    );
+    assert_eq!(b.open.load(SeqCst), 1, "the idle connection was not kept");
+    let closed = eventually(Duration::from_secs(5), async || b.open.load(SeqCst) == 0).await;
+    assert!(closed, "the idle upstream connection outlived idle_timeout");
+    keepalive_gets(listen, 2).await;
+    assert_eq!(
+        b.accepted.load(SeqCst),
+        2,
+        "no new connection after the idle one closed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_costs_no_failed_get() {
     let (mut bs, list) = three([1, 1, 1]).await;

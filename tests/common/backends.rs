@@ -24,6 +24,8 @@ pub struct HttpBackend {
     pub forwarded: Arc<Mutex<Vec<String>>>,
     /// TCP connections accepted.
     pub accepted: Arc<AtomicUsize>,
+    /// TCP connections open now (accepted and not yet closed by the client).
+    pub open: Arc<AtomicUsize>,
     tasks: Option<JoinSet<()>>,
 }
 
@@ -47,12 +49,14 @@ impl HttpBackend {
         let health = Arc::new(AtomicU16::new(200));
         let forwarded = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
-        let (h, he, f, a) = (
+        let (h, he, f, a, o) = (
             hits.clone(),
             health.clone(),
             forwarded.clone(),
             accepted.clone(),
+            open.clone(),
         );
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
@@ -61,7 +65,13 @@ impl HttpBackend {
                     continue;
                 };
                 a.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(serve_http(s, addr, h.clone(), he.clone(), f.clone()));
+                o.fetch_add(1, Ordering::SeqCst);
+                let serve = serve_http(s, addr, h.clone(), he.clone(), f.clone());
+                let o = o.clone();
+                conns.spawn(async move {
+                    serve.await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         HttpBackend {
@@ -70,6 +80,7 @@ impl HttpBackend {
             health,
             forwarded,
             accepted,
+            open,
             tasks: Some(tasks),
         }
     }
