@@ -2,18 +2,23 @@
 //! while it runs: a reload binds new addresses and releases dropped ones (pingora itself
 //! cannot add a service once started).
 //!
-//! Each listener runs on its own runtime of `threads` workers, as pingora gives each of its
-//! services: a plugin call that holds a worker up to its deadline then delays only the
+//! Each listener runs as `threads` workers of its own, as pingora gives each of its services
+//! its threads: a plugin call that holds a worker up to its deadline then delays only the
 //! connections of its own address, never those of another service. A stopped listener's
-//! runtime lives on until the last connection it accepted has ended.
+//! workers live on until the last connection it accepted has ended.
 //!
-//! With `threads = 1` that runtime is tokio's current-thread scheduler on the listener's own
-//! thread (pingora's `work_stealing = false`): accepting and every connection run on one
-//! thread, with no cross-thread wake-ups, task stealing or atomic run-queue handoffs.
+//! A worker is tokio's current-thread scheduler on a thread of its own (pingora's
+//! `work_stealing = false`), accepting from the address's one socket (duplicated): a
+//! connection lives on the worker that accepted it, with no cross-thread wake-ups, task
+//! stealing or atomic run-queue handoffs. A busy worker comes late to the accept queue, so an
+//! idle one takes the next connection. With two threads, tokio's multi-thread scheduler cost
+//! 41.5 µs of CPU per keep-alive request and two current-thread workers 30.7 µs (alternated,
+//! wrk -t2 -c100; ARCHITECTURE.md, "Performance choices").
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::server::{ListenFds, ShutdownWatch};
@@ -30,6 +35,16 @@ use crate::proxy::tcp::TcpListenerUnit;
 pub enum Unit {
     Http(HttpListener),
     Tcp(TcpListenerUnit),
+}
+
+impl Unit {
+    /// The same listener as `n` workers (see [`HttpListener::split`]).
+    fn split(self, n: usize) -> Result<Vec<Unit>, String> {
+        Ok(match self {
+            Unit::Http(l) => l.split(n)?.into_iter().map(Unit::Http).collect(),
+            Unit::Tcp(l) => l.split(n)?.into_iter().map(Unit::Tcp).collect(),
+        })
+    }
 }
 
 enum Command {
@@ -94,8 +109,9 @@ type Running = (watch::Sender<bool>, oneshot::Receiver<()>);
 /// How often a stopped listener looks whether its last connection has ended.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Starts `unit` on a runtime of its own, on a thread that keeps the runtime until the
-/// listener has stopped and every connection it accepted has ended (or the server stops).
+/// Starts `unit` as `threads` workers, each on a current-thread runtime on a thread of its
+/// own that keeps the runtime until the listener has stopped and every connection it accepted
+/// has ended (or the server stops).
 fn spawn(
     addr: SocketAddr,
     unit: Unit,
@@ -107,53 +123,82 @@ fn spawn(
     let tally = Tally::default();
     metrics.add_listener(addr, tally.counts());
     let (closed, on_closed) = oneshot::channel();
-    let mut shutdown = shutdown.clone();
-    let runtime = match threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .thread_name(format!("listener {addr}"))
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
-        Ok(r) => r,
+    let workers = match unit.split(threads) {
+        Ok(w) => w,
         Err(e) => {
-            tracing::error!(%addr, "cannot start the listener's runtime: {e}");
+            tracing::error!(%addr, "cannot start the listener: {e}");
             let _ = closed.send(());
             return (stop, on_closed);
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name(format!("listener {addr}"))
-        .spawn(move || {
-            runtime.block_on(async {
-                match unit {
-                    Unit::Http(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
-                    Unit::Tcp(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
-                }
-                let _ = closed.send(());
-                // Stopped by a reload: the connections finish on this runtime.
-                while tally.count() > 0 && !*shutdown.borrow() {
-                    tokio::select! {
-                        () = tokio::time::sleep(DRAIN_POLL) => {}
-                        () = stopping(&mut shutdown) => {}
-                    }
-                }
-            });
-            if *shutdown.borrow() {
-                // The server ends the connections after its grace period; keep serving them
-                // until the process exits.
-                runtime.block_on(std::future::pending::<()>());
+    // The address is closed once every worker has stopped accepting.
+    let closed = Arc::new(Closed {
+        left: AtomicUsize::new(workers.len()),
+        tx: Mutex::new(Some(closed)),
+    });
+    for (i, unit) in workers.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let runtime = match runtime {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%addr, "cannot start the listener's runtime: {e}");
+                closed.one_done();
+                continue;
             }
-            runtime.shutdown_background();
-        });
-    if let Err(e) = spawned {
-        tracing::error!(%addr, "cannot start the listener's thread: {e}");
+        };
+        let (mut shutdown, stopped, tally, closed) = (
+            shutdown.clone(),
+            stopped.clone(),
+            tally.clone(),
+            closed.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("listener {addr} #{i}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    match unit {
+                        Unit::Http(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
+                        Unit::Tcp(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
+                    }
+                    closed.one_done();
+                    // Stopped by a reload: the connections finish on their runtimes.
+                    while tally.count() > 0 && !*shutdown.borrow() {
+                        tokio::select! {
+                            () = tokio::time::sleep(DRAIN_POLL) => {}
+                            () = stopping(&mut shutdown) => {}
+                        }
+                    }
+                });
+                if *shutdown.borrow() {
+                    // The server ends the connections after its grace period; keep serving
+                    // them until the process exits.
+                    runtime.block_on(std::future::pending::<()>());
+                }
+                runtime.shutdown_background();
+            });
+        if let Err(e) = spawned {
+            tracing::error!(%addr, "cannot start the listener's thread: {e}");
+        }
     }
     (stop, on_closed)
+}
+
+/// Counts down the workers of an address that still accept.
+struct Closed {
+    left: AtomicUsize,
+    tx: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Closed {
+    fn one_done(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(());
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -143,6 +143,31 @@ impl HttpListener {
         })
     }
 
+    /// This listener as `n` workers of one address, each to run on its own thread: the
+    /// listening socket (duplicated; the kernel's accept queue is one), the proxy, settings and
+    /// limits are shared, and each worker has its own parking lot.
+    pub fn split(self, n: usize) -> Result<Vec<HttpListener>, String> {
+        let mut workers = Vec::with_capacity(n);
+        for _ in 1..n {
+            let socket = self
+                .socket
+                .try_clone()
+                .map_err(|e| format!("service {}: cannot share its socket: {e}", self.name))?;
+            let lot = ParkingLot::new()
+                .map_err(|e| format!("service {}: cannot make an epoll set: {e}", self.name))?;
+            workers.push(HttpListener {
+                name: self.name.clone(),
+                socket,
+                proxy: self.proxy.clone(),
+                settings: self.settings.clone(),
+                limits: self.limits.clone(),
+                lot,
+            });
+        }
+        workers.push(self);
+        Ok(workers)
+    }
+
     /// Accepts and serves until the server stops or `stop` says so. Connections already
     /// accepted carry on either way; `tally` counts them.
     pub async fn run(self, shutdown: ShutdownWatch, stop: listener::Stop, tally: Tally) {

@@ -138,6 +138,25 @@ impl TcpListenerUnit {
         })
     }
 
+    /// This listener as `n` workers of one address, each to run on its own thread, sharing
+    /// the listening socket (duplicated) and the service.
+    pub fn split(self, n: usize) -> Result<Vec<TcpListenerUnit>, String> {
+        let mut workers = Vec::with_capacity(n);
+        for _ in 1..n {
+            workers.push(TcpListenerUnit {
+                socket: self
+                    .socket
+                    .try_clone()
+                    .map_err(|e| format!("service {}: cannot share its socket: {e}", self.name))?,
+                name: self.name.clone(),
+                conns: self.conns.clone(),
+                limits: self.limits.clone(),
+            });
+        }
+        workers.push(self);
+        Ok(workers)
+    }
+
     /// Accepts until the server stops or `stop` says so; connections carry on either way
     /// (the server ends them after its grace period).
     pub async fn run(self, shutdown: ShutdownWatch, stop: listener::Stop, tally: Tally) {

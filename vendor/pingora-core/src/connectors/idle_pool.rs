@@ -4,7 +4,9 @@
 // pingora's `pingora_pool::ConnectionPool` spawns an idle-poll task for every release of a
 // connection (with a tokio mutex, a oneshot, a `Notify` and a sharded LRU entry), and every
 // reuse wakes that task and waits for it to hand the connection back: a task spawn and a
-// scheduler round trip per keep-alive request. This pool is a plain map under a short lock.
+// scheduler round trip per keep-alive request. This pool is a plain map per thread (a
+// connection is reused on the thread, and so the runtime, that released it), under a lock
+// that only the sweeper ever contends.
 // Idle connections are not polled: tokio's I/O driver records a peer's close or stray data as
 // read readiness whether or not a task waits, so `test_reusable_stream` (which reads only
 // when the socket is marked readable) finds them on reuse, and one sweeper task per pool,
@@ -12,9 +14,11 @@
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use thread_local::ThreadLocal;
 
 use crate::protocols::Stream;
 
@@ -41,15 +45,15 @@ struct Idles {
     /// eviction the oldest, so a connection pool larger than the load shrinks by idle timeout.
     by_key: HashMap<u64, Vec<Idle>>,
     count: usize,
-    /// Whether a sweeper task is running; changed only under the lock, so a release never
-    /// misses a sweeper that is about to stop.
-    sweeping: bool,
 }
 
-/// Idle upstream connections of one connector, at most `capacity` of them.
+/// Idle upstream connections of one connector, at most `capacity` of them per thread.
 pub(crate) struct IdlePool {
-    idles: Mutex<Idles>,
+    idles: ThreadLocal<Mutex<Idles>>,
     capacity: usize,
+    /// Whether a sweeper task is running. A release sets it after pooling, and a sweeper that
+    /// clears it looks again, so a connection never waits in a pool without a sweeper.
+    sweeping: AtomicBool,
 }
 
 /// What a release displaced: the oldest idle connection when the pool was full, and whether
@@ -62,8 +66,9 @@ pub(crate) struct Put {
 impl IdlePool {
     pub fn new(capacity: usize) -> Self {
         IdlePool {
-            idles: Mutex::new(Idles::default()),
+            idles: ThreadLocal::new(),
             capacity: capacity.max(1),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -71,8 +76,8 @@ impl IdlePool {
     /// expired ones met on the way are closed.
     pub fn take(&self, key: u64) -> Option<Stream> {
         let now = Instant::now();
-        let mut idles = self.idles.lock();
-        let Idles { by_key, count, .. } = &mut *idles;
+        let mut idles = self.idles.get()?.lock();
+        let Idles { by_key, count } = &mut *idles;
         let list = by_key.get_mut(&key)?;
         while let Some(idle) = list.pop() {
             *count -= 1;
@@ -86,7 +91,7 @@ impl IdlePool {
     /// Pools `stream` under `key`, evicting the oldest idle connection if the pool is full.
     pub fn put(&self, key: u64, stream: Stream, timeout: Option<Duration>) -> Put {
         let now = Instant::now();
-        let mut idles = self.idles.lock();
+        let mut idles = self.idles.get_or_default().lock();
         let evicted = if idles.count >= self.capacity {
             idles.evict_oldest(now)
         } else {
@@ -98,36 +103,47 @@ impl IdlePool {
             timeout,
         });
         idles.count += 1;
-        let start_sweeper = !idles.sweeping;
-        idles.sweeping = true;
+        drop(idles);
+        let start_sweeper = !self.sweeping.load(Ordering::Relaxed)
+            && !self.sweeping.swap(true, Ordering::SeqCst);
         Put {
             evicted,
             start_sweeper,
         }
     }
 
-    /// Drops the connections that are expired or no longer reusable; says whether the sweeper
-    /// should go on (it stops, under the lock, when the pool is empty).
+    /// Drops, on every thread's pool, the connections that are expired or no longer
+    /// reusable; says whether the sweeper should go on (not when every pool is empty).
     fn sweep(&self, reusable: impl Fn(&mut Stream) -> bool) -> bool {
         let now = Instant::now();
-        let mut idles = self.idles.lock();
-        let Idles {
-            by_key,
-            count,
-            sweeping,
-        } = &mut *idles;
-        by_key.retain(|_, list| {
-            list.retain_mut(|idle| {
-                let keep = !idle.expired(now) && reusable(&mut idle.stream);
-                if !keep {
-                    *count -= 1;
-                }
-                keep
+        let mut left = 0;
+        for idles in self.idles.iter() {
+            let mut idles = idles.lock();
+            let Idles { by_key, count } = &mut *idles;
+            by_key.retain(|_, list| {
+                list.retain_mut(|idle| {
+                    let keep = !idle.expired(now) && reusable(&mut idle.stream);
+                    if !keep {
+                        *count -= 1;
+                    }
+                    keep
+                });
+                !list.is_empty()
             });
-            !list.is_empty()
-        });
-        *sweeping = *count > 0;
-        *sweeping
+            left += *count;
+        }
+        left > 0
+    }
+
+    fn pooled(&self) -> bool {
+        self.idles.iter().any(|i| i.lock().count > 0)
+    }
+
+    /// Called by a sweeper that found nothing to sweep: it stops, unless a release came
+    /// meanwhile and saw it still running.
+    fn stop_sweeping(&self) -> bool {
+        self.sweeping.store(false, Ordering::SeqCst);
+        !(self.pooled() && !self.sweeping.swap(true, Ordering::SeqCst))
     }
 
     /// Runs the sweeper on the current runtime until the pool is empty.
@@ -144,7 +160,7 @@ impl IdlePool {
         impl Drop for Sweeper {
             fn drop(&mut self) {
                 if !self.stopped {
-                    self.pool.idles.lock().sweeping = false;
+                    self.pool.sweeping.store(false, Ordering::SeqCst);
                 }
             }
         }
@@ -155,7 +171,8 @@ impl IdlePool {
             };
             while !sweeper.stopped {
                 pingora_timeout::sleep(SWEEP_EVERY).await;
-                sweeper.stopped = !sweeper.pool.sweep(|s| reusable(s, &unexpected));
+                sweeper.stopped = !sweeper.pool.sweep(|s| reusable(s, &unexpected))
+                    && sweeper.pool.stop_sweeping();
             }
         });
     }
