@@ -213,10 +213,7 @@ enabled = false
         assert_eq!(h.interval, Duration::from_millis(500));
         assert!(matches!(
             h.kind,
-            HealthKind::Http {
-                expect_status: 204,
-                ..
-            }
+            HealthKind::Http { expect_status, .. } if expect_status == StatusMatch::single(204)
         ));
         assert_eq!(s.slow_start, Some(Duration::from_secs(30)));
         assert_eq!(s.backends[0].weight, 3);
