@@ -428,6 +428,7 @@ name = "ping"
 mode = "tcp"
 listen = "127.0.0.1:7403"
 health_check = { kind = "icmp", interval = "5s" }
+persistence = { key = ["plugin:rdp-cookie", "source_ip"], timeout = "8h" }
 [[service.backend]]
 address = "127.0.0.1:5"
 "#,
@@ -439,7 +440,60 @@ address = "127.0.0.1:5"
         r#"health tcp expect "220" every 2s"#,
         "health http GET /abs/handler expect 200,300-399,401 every 2s",
         "health icmp echo every 5s",
+        "persistence [plugin:rdp-cookie, source_ip] timeout 8h",
     ] {
         assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn persistence_chains_are_checked_at_their_lines() {
+    let cfg = r#"[[service]]
+name = "a"
+listen = "127.0.0.1:7500"
+persistence = { key = [] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "b"
+listen = "127.0.0.1:7501"
+persistence = { key = ["header:X-User", "source_ip", "header:x-user"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "c"
+listen = "127.0.0.1:7502"
+persistence = { key = ["source_ip", "header:X-User"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "d"
+listen = "127.0.0.1:7503"
+persistence = { key = ["header:X-User", "cookie:SRV"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "e"
+listen = "127.0.0.1:7504"
+mode = "tcp"
+persistence = { key = ["plugin:rdp-cookie", "header:X-User", 5] }
+[[service.backend]]
+address = "127.0.0.1:5"
+"#;
+    let e = errors(cfg);
+    let expect = [
+        "F:4:23: persistence.key: the list is empty",
+        "F:11:23: persistence.key: header:x-user is in the list twice",
+        "F:18:23: persistence.key: header:x-user would never be used: source_ip always yields a key",
+        "F:25:23: persistence.key: cookie:SRV must be the first kind of the list",
+        "F:33:23: persistence.key: 5 is not a key kind (a string)",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
     }
 }

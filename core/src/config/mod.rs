@@ -207,7 +207,7 @@ enabled = false
         assert_eq!(s.listen.len(), 2);
         assert_eq!(s.scheduler, SchedulerKind::LeastConnections);
         let p = s.persistence.as_ref().unwrap();
-        assert_eq!(p.key, PersistenceKeyKind::Cookie("SRV".into()));
+        assert_eq!(p.keys, [PersistenceKeyKind::Cookie("SRV".into())]);
         assert_eq!(p.timeout, Duration::from_secs(1200));
         let h = s.health_check.as_ref().unwrap();
         assert_eq!(h.interval, Duration::from_millis(500));

@@ -119,7 +119,8 @@ pub struct BackendTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Persistence {
-    pub key: Spanned<String>,
+    /// A key kind, or a list of them tried in order.
+    pub key: Spanned<toml::Value>,
     pub timeout: Option<Spanned<String>>,
     pub max_entries: Option<Spanned<i64>>,
     pub shared: Option<Spanned<bool>>,

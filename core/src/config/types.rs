@@ -158,12 +158,27 @@ impl fmt::Display for PersistenceKeyKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersistenceConfig {
-    pub key: PersistenceKeyKind,
+    /// The key kinds in order: per request or connection, the first that yields a key (or
+    /// names a backend) is used. One entry for `key = "..."`; never empty, no duplicates.
+    pub keys: Vec<PersistenceKeyKind>,
     /// Idle timeout of a table entry.
     pub timeout: Duration,
     pub max_entries: u64,
     /// Pins are kept in `[proxy] redis` too, so that every instance finds them.
     pub shared: bool,
+}
+
+impl PersistenceConfig {
+    /// The key kinds as written: `source_ip`, or `[plugin:rdp-cookie, source_ip]`.
+    pub fn keys_shown(&self) -> String {
+        match self.keys.as_slice() {
+            [one] => one.to_string(),
+            many => {
+                let all: Vec<String> = many.iter().map(|k| k.to_string()).collect();
+                format!("[{}]", all.join(", "))
+            }
+        }
+    }
 }
 
 /// The HTTP statuses a `health_check.expect_status` accepts: a bit per status 100-599, so a
