@@ -313,3 +313,187 @@ fn proxy_protocol_settings_show_in_the_summary() {
     assert!(out.contains("send proxy protocol v2"), "{out}");
     assert!(out.contains("fall 3 send-proxy"), "{out}");
 }
+
+#[test]
+fn health_check_matchers_are_checked_at_their_lines() {
+    let cfg = r#"[[service]]
+name = "a"
+listen = "127.0.0.1:7300"
+health_check = { kind = "http", expect_status = 700 }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "b"
+listen = "127.0.0.1:7301"
+health_check = { kind = "http", expect_status = [200, "399-300", "abc", 99] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "c"
+listen = "127.0.0.1:7302"
+health_check = { kind = "http", expect_status = [] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "d"
+listen = "127.0.0.1:7303"
+mode = "tcp"
+health_check = { kind = "tcp", send = "EHLO x\r\n", expect_regex = "^220 (ESMTP" }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "e"
+listen = "127.0.0.1:7304"
+mode = "tcp"
+health_check = { kind = "tcp", expect = "220", expect_regex = "^220" }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "f"
+listen = "127.0.0.1:7305"
+health_check = { kind = "http", expect = "220" }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "g"
+listen = "127.0.0.1:7306"
+mode = "tcp"
+health_check = { kind = "icmp", port = 25, send = "x" }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "h"
+listen = "127.0.0.1:7307"
+mode = "tcp"
+health_check = { kind = "tcp", expect_status = 200, expect = "" }
+[[service.backend]]
+address = "127.0.0.1:5"
+"#;
+    let e = errors(cfg);
+    let expect = [
+        "F:4:49: health_check.expect_status: 700 is not an HTTP status (100-599)",
+        "F:11:49: health_check.expect_status: range \"399-300\" runs backwards (399 > 300)",
+        "F:11:49: health_check.expect_status: \"abc\" is not a status or a range like \"200-399\"",
+        "F:11:49: health_check.expect_status: 99 is not an HTTP status (100-599)",
+        "F:18:49: health_check.expect_status: the list is empty",
+        "F:26:68: health_check.expect_regex: not a valid regular expression: unclosed group",
+        "F:34:63: health_check: give expect (a prefix) or expect_regex, not both",
+        "F:41:42: health_check.expect only applies to kind = \"tcp\"",
+        "F:49:40: health_check.port does not apply to kind = \"icmp\"",
+        "F:49:51: health_check.send only applies to kind = \"tcp\"",
+        "F:57:48: health_check.expect_status only applies to kind = \"http\"",
+        "F:57:62: health_check.expect: must be 1 to 1024 bytes",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+    }
+}
+
+#[test]
+fn new_health_options_show_in_the_summary() {
+    let (_d, path) = write_config(
+        r#"[[service]]
+name = "smtp"
+mode = "tcp"
+listen = "127.0.0.1:7400"
+health_check = { kind = "tcp", send = "EHLO plugboard\r\n", expect_regex = "^220 .*ESMTP" }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "banner"
+mode = "tcp"
+listen = "127.0.0.1:7401"
+health_check = { kind = "tcp", expect = "220" }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "abs"
+listen = "127.0.0.1:7402"
+health_check = { kind = "http", path = "/abs/handler", expect_status = [200, "300-399", 401] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "ping"
+mode = "tcp"
+listen = "127.0.0.1:7403"
+health_check = { kind = "icmp", interval = "5s" }
+persistence = { key = ["plugin:rdp-cookie", "source_ip"], timeout = "8h" }
+[[service.backend]]
+address = "127.0.0.1:5"
+"#,
+    );
+    let (code, out, err) = check(&path);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        r#"health tcp send "EHLO plugboard\r\n" expect_regex "^220 .*ESMTP" every 2s"#,
+        r#"health tcp expect "220" every 2s"#,
+        "health http GET /abs/handler expect 200,300-399,401 every 2s",
+        "health icmp echo every 5s",
+        "persistence [plugin:rdp-cookie, source_ip] timeout 8h",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn persistence_chains_are_checked_at_their_lines() {
+    let cfg = r#"[[service]]
+name = "a"
+listen = "127.0.0.1:7500"
+persistence = { key = [] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "b"
+listen = "127.0.0.1:7501"
+persistence = { key = ["header:X-User", "source_ip", "header:x-user"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "c"
+listen = "127.0.0.1:7502"
+persistence = { key = ["source_ip", "header:X-User"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "d"
+listen = "127.0.0.1:7503"
+persistence = { key = ["header:X-User", "cookie:SRV"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "e"
+listen = "127.0.0.1:7504"
+mode = "tcp"
+persistence = { key = ["plugin:rdp-cookie", "header:X-User", 5] }
+[[service.backend]]
+address = "127.0.0.1:5"
+"#;
+    let e = errors(cfg);
+    let expect = [
+        "F:4:23: persistence.key: the list is empty",
+        "F:11:23: persistence.key: header:x-user is in the list twice",
+        "F:18:23: persistence.key: header:x-user would never be used: source_ip always yields a key",
+        "F:25:23: persistence.key: cookie:SRV must be the first kind of the list",
+        "F:33:23: persistence.key: 5 is not a key kind (a string)",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+    }
+}

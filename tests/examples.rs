@@ -141,7 +141,15 @@ async fn exchange_2010_publishes_a_service_per_path_on_one_address() {
         "10.0.40.12:443",
         cas.iter().skip(1).step_by(2).map(|b| b.addr),
     );
-    let mut text = text;
+    // SMTP: hub01 greets as an Exchange Hub Transport does, hub02 refuses (its banner check
+    // must take it down); the proxy's port 25 goes to a free address.
+    let hub01 = smtp_server(b"220 hub01.example.com Microsoft ESMTP MAIL Service ready\r\n").await;
+    let hub02 = smtp_server(b"421 4.3.2 Service not available\r\n").await;
+    let smtp = free_addr();
+    let mut text = text
+        .replace("0.0.0.0:25", &smtp.to_string())
+        .replace("10.0.40.21:25", &hub01.to_string())
+        .replace("10.0.40.22:25", &hub02.to_string());
     for port in ["135", "59531", "59532"] {
         text = text.replace(&format!("0.0.0.0:{port}"), &free_addr().to_string());
         for cas in ["10.0.40.11", "10.0.40.12"] {
@@ -213,4 +221,41 @@ async fn exchange_2010_publishes_a_service_per_path_on_one_address() {
         .map(|l| l.split(' ').next().unwrap())
         .collect();
     assert_eq!(pages.len(), 5, "{summary}");
+    assert!(
+        summary.contains(r#"health tcp expect_regex "^220 .*ESMTP""#),
+        "{summary}"
+    );
+    // SMTP: the refusing server is taken down by its banner, and mail goes to hub01 only.
+    p.wait_log(
+        &["backend is DOWN", "service=smtp", "backend=hub02"],
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    for _ in 0..6 {
+        let (banner, _) = tcp_banner(smtp, None).await.unwrap();
+        assert!(banner.starts_with("220 hub01"), "{banner}");
+    }
+    assert!(
+        !p.log_text().contains("backend=hub01"),
+        "hub01 changed state: {}",
+        p.log_text()
+    );
+}
+
+/// A server that greets every connection with `banner` and holds it until the client closes.
+async fn smtp_server(banner: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(banner).await;
+                let mut buf = [0u8; 256];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pingora::http::RequestHeader;
+use plugboard::balance::balancer::Keyed;
 use plugboard::balance::hooks::{Key, KeyOutcome, Request};
 use plugboard::config::{Config, Mode};
 
@@ -148,7 +149,7 @@ fn hooks(c: &mut Criterion) {
     for b in balancers {
         let req = request(b, &header, client);
         g.bench_function(b.config().name.as_str(), |bench| {
-            bench.iter(|| black_box(b.choose(black_box(&req), &KeyOutcome::None, &[])))
+            bench.iter(|| black_box(b.choose(black_box(&req), &Keyed::none(), &[])))
         });
     }
     g.finish();
@@ -169,7 +170,10 @@ fn hooks(c: &mut Criterion) {
         .filter(|b| matches!(b.config().name.as_str(), "builtin" | "shared"))
     {
         let req = request(b, &header, client);
-        let key = KeyOutcome::Key(Key::Borrowed(b"alice"));
+        let key = Keyed {
+            outcome: KeyOutcome::Key(Key::Borrowed(b"alice")),
+            kind: 0,
+        };
         b.choose(&req, &key, &[]);
         g.bench_function(b.config().name.as_str(), |bench| {
             bench.iter(|| black_box(b.choose(black_box(&req), &key, &[])))

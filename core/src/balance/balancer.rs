@@ -99,11 +99,38 @@ impl Persisted {
     }
 }
 
-/// A persistence-key hook and the table its keys are pinned in.
+/// One key kind of a service's persistence: its hook, and the table its keys are pinned in
+/// (none for a cookie, which names its backend itself). Each kind has its own table, so pins
+/// of different kinds never meet (a header value that reads like an address is not that
+/// address's pin).
+struct KeyKind {
+    kind: PersistenceKeyKind,
+    hook: Arc<dyn PersistenceKey>,
+    table: Option<Arc<dyn PersistenceTable>>,
+}
+
+/// The key kinds of a service's persistence, in the order they are tried.
 #[derive(Clone)]
 struct Persistence {
-    hook: Arc<dyn PersistenceKey>,
-    table: Arc<dyn PersistenceTable>,
+    kinds: Arc<[KeyKind]>,
+}
+
+/// What persistence made of one request or connection: the key hook's outcome, and which key
+/// kind of the service's list gave it (its table is the one to look in and pin to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed<'r> {
+    pub outcome: KeyOutcome<'r>,
+    pub kind: usize,
+}
+
+impl Keyed<'_> {
+    /// No key: the scheduler decides.
+    pub const fn none() -> Self {
+        Keyed {
+            outcome: KeyOutcome::None,
+            kind: 0,
+        }
+    }
 }
 
 /// One version of a service: its configuration, pool and hooks. A new version replaces it
@@ -152,13 +179,18 @@ impl Balancer {
             None => Pool::new(&cfg.name, &cfg.backends, cfg.slow_start, &key),
         });
         let service_counters = metrics.service(&cfg.name);
-        let kept_table = prev
-            .and_then(|p| {
-                p.persistence
-                    .as_ref()
-                    .filter(|_| p.cfg.persistence == cfg.persistence)
-            })
-            .map(|p| p.table.clone());
+        // A kind whose table settings did not change keeps its table (and so its pins).
+        let kept_table = |kind: &PersistenceKeyKind| -> Option<Arc<dyn PersistenceTable>> {
+            let p = prev?;
+            let (old, new) = (p.cfg.persistence.as_ref()?, cfg.persistence.as_ref()?);
+            if (old.timeout, old.max_entries, old.shared)
+                != (new.timeout, new.max_entries, new.shared)
+            {
+                return None;
+            }
+            let kinds = &p.persistence.as_ref()?.kinds;
+            kinds.iter().find(|k| k.kind == *kind)?.table.clone()
+        };
         let in_service = |e: String| format!("service {:?}: {e}", cfg.name);
         let mut agent_feed = None;
         let (scheduler, fallback): (Arc<dyn SelectServer>, _) = match &cfg.scheduler {
@@ -181,32 +213,49 @@ impl Balancer {
         };
         let persistence = match &cfg.persistence {
             None => None,
-            Some(p) => Some(Persistence {
-                hook: match &p.key {
-                    PersistenceKeyKind::Plugin(name) => {
-                        plugins.key(config, index, name).map_err(in_service)?.into()
-                    }
-                    _ => super::persistence::builtin_key(p)
-                        .expect("built-in key")
-                        .into(),
-                },
-                table: kept_table.unwrap_or_else(|| match share.filter(|_| p.shared) {
-                    Some(link) => SharedTable::new(
-                        link,
-                        &config.proxy.secret,
-                        &cfg.name,
-                        &p.key.to_string(),
-                        p.timeout,
-                        p.max_entries,
-                        service_counters.evictions.clone(),
-                    ),
-                    None => Arc::new(MemoryTable::new(
-                        p.timeout,
-                        p.max_entries,
-                        service_counters.evictions.clone(),
-                    )),
-                }),
-            }),
+            Some(p) => {
+                let mut kinds = Vec::with_capacity(p.keys.len());
+                for kind in &p.keys {
+                    let hook: Arc<dyn PersistenceKey> = match kind {
+                        PersistenceKeyKind::Plugin(name) => {
+                            plugins.key(config, index, name).map_err(in_service)?.into()
+                        }
+                        _ => super::persistence::builtin_key(kind)
+                            .expect("built-in key")
+                            .into(),
+                    };
+                    let table =
+                        match kind {
+                            PersistenceKeyKind::Cookie(_) => None,
+                            _ => Some(kept_table(kind).unwrap_or_else(|| {
+                                match share.filter(|_| p.shared) {
+                                    Some(link) => SharedTable::new(
+                                        link,
+                                        &config.proxy.secret,
+                                        &cfg.name,
+                                        &kind.to_string(),
+                                        p.timeout,
+                                        p.max_entries,
+                                        service_counters.evictions.clone(),
+                                    ),
+                                    None => Arc::new(MemoryTable::new(
+                                        p.timeout,
+                                        p.max_entries,
+                                        service_counters.evictions.clone(),
+                                    )),
+                                }
+                            })),
+                        };
+                    kinds.push(KeyKind {
+                        kind: kind.clone(),
+                        hook,
+                        table,
+                    });
+                }
+                Some(Persistence {
+                    kinds: kinds.into(),
+                })
+            }
         };
         let health = match &cfg.health_check {
             None => None,
@@ -297,25 +346,54 @@ impl Balancer {
 
     /// How many persistence entries point at each backend.
     pub fn pins_per_backend(&self) -> std::collections::HashMap<super::identity::BackendId, u64> {
-        self.persistence
-            .as_ref()
-            .map(|p| p.table.pins_per_backend())
-            .unwrap_or_default()
+        let mut out = std::collections::HashMap::new();
+        for t in self.tables() {
+            for (id, n) in t.pins_per_backend() {
+                *out.entry(id).or_insert(0) += n;
+            }
+        }
+        out
     }
 
-    /// True when the persistence hook reads the client's first bytes (tcp mode).
+    /// The persistence tables, one per key kind that has one.
+    fn tables(&self) -> impl Iterator<Item = &Arc<dyn PersistenceTable>> {
+        self.persistence
+            .iter()
+            .flat_map(|p| p.kinds.iter().filter_map(|k| k.table.as_ref()))
+    }
+
+    /// True when a persistence hook reads the client's first bytes (tcp mode).
     pub fn wants_payload(&self) -> bool {
         self.persistence
             .as_ref()
-            .is_some_and(|p| p.hook.wants_payload())
+            .is_some_and(|p| p.kinds.iter().any(|k| k.hook.wants_payload()))
     }
 
-    /// Persistence-key hook.
-    pub fn key<'r>(&self, req: &Request<'r>) -> KeyOutcome<'r> {
-        match &self.persistence {
-            Some(p) => p.hook.key(req, &self.pool),
-            None => KeyOutcome::None,
+    /// Persistence-key hooks, in the order of the service's key kinds: the first that does not
+    /// answer "no key" decides. [`KeyOutcome::NeedMore`] from a kind stops the walk (tcp
+    /// inspection reads more and asks again); see [`Balancer::key_final`].
+    pub fn key<'r>(&self, req: &Request<'r>) -> Keyed<'r> {
+        self.key_walk(req, false)
+    }
+
+    /// [`Balancer::key`] once no more bytes will come (tcp: inspection is over): a kind that
+    /// still needs more counts as "no key" and the next kind decides.
+    pub fn key_final<'r>(&self, req: &Request<'r>) -> Keyed<'r> {
+        self.key_walk(req, true)
+    }
+
+    fn key_walk<'r>(&self, req: &Request<'r>, last: bool) -> Keyed<'r> {
+        let Some(p) = &self.persistence else {
+            return Keyed::none();
+        };
+        for (kind, k) in p.kinds.iter().enumerate() {
+            match k.hook.key(req, &self.pool) {
+                KeyOutcome::None => {}
+                KeyOutcome::NeedMore if last => {}
+                outcome => return Keyed { outcome, kind },
+            }
         }
+        Keyed::none()
     }
 
     /// Backend `i` may take this client, which persistence (a pin, a cookie, a routing
@@ -340,30 +418,29 @@ impl Balancer {
     /// Picks the backend: the one the request names, else the one its key is pinned to
     /// (even while it drains), else the scheduler's choice (which is then pinned). `None`: no backend available, or
     /// a plugin failed under the `reject` policy.
-    pub fn choose(
-        &self,
-        req: &Request<'_>,
-        outcome: &KeyOutcome<'_>,
-        avoid: &[usize],
-    ) -> Option<usize> {
-        self.choose_persisted(req, outcome, avoid).0
+    pub fn choose(&self, req: &Request<'_>, keyed: &Keyed<'_>, avoid: &[usize]) -> Option<usize> {
+        self.choose_persisted(req, keyed, avoid).0
     }
 
     /// [`Balancer::choose`], also telling how persistence took part (for the access log).
     pub fn choose_persisted(
         &self,
         req: &Request<'_>,
-        outcome: &KeyOutcome<'_>,
+        keyed: &Keyed<'_>,
         avoid: &[usize],
     ) -> (Option<usize>, Persisted) {
-        let (chosen, persisted) = match (outcome, &self.persistence) {
+        let table = self
+            .persistence
+            .as_ref()
+            .and_then(|p| p.kinds.get(keyed.kind)?.table.as_ref());
+        let (chosen, persisted) = match (&keyed.outcome, table) {
             (KeyOutcome::Reject, _) => (None, Persisted::None),
             (KeyOutcome::Backend(i), _) if self.usable_pinned(*i, avoid) => {
                 (Some(*i), Persisted::Hit)
             }
             (KeyOutcome::Backend(_), _) => (self.select(req, avoid), Persisted::Rebalanced),
             (KeyOutcome::Key(k), Some(p)) => {
-                let pinned = p.table.lookup(k);
+                let pinned = p.lookup(k);
                 match pinned.and_then(|id| self.pool.index_of(id)) {
                     Some(i) if self.usable_pinned(i, avoid) => (Some(i), Persisted::Hit),
                     _ => {
@@ -375,7 +452,7 @@ impl Balancer {
                         if let Some(i) = i {
                             {
                                 let b = self.pool.get(i);
-                                p.table.pin(k, b.id, &b.name);
+                                p.pin(k, b.id, &b.name);
                             }
                         }
                         let how = match pinned {
@@ -423,7 +500,9 @@ impl Balancer {
 
     /// Entries in the persistence table, if the service has one.
     pub fn persistence_entries(&self) -> Option<u64> {
-        self.persistence.as_ref().map(|p| p.table.len())
+        self.persistence
+            .as_ref()
+            .map(|_| self.tables().map(|t| t.len()).sum())
     }
 
     /// Persistence hook's response step.
@@ -435,7 +514,9 @@ impl Balancer {
         resp: &mut ResponseHeader,
     ) {
         if let Some(p) = &self.persistence {
-            p.hook.on_response(req, named, served, &self.pool, resp);
+            for k in p.kinds.iter() {
+                k.hook.on_response(req, named, served, &self.pool, resp);
+            }
         }
     }
 

@@ -38,7 +38,7 @@ pub fn summary(cfg: &Config) {
             let _ = writeln!(
                 out,
                 "    persistence {} timeout {}{}",
-                p.key,
+                p.keys_shown(),
                 humantime::format_duration(p.timeout),
                 if p.shared { " shared" } else { "" }
             );

@@ -24,7 +24,11 @@ pub(super) fn validate(
     let h = h.get_ref();
     let k = h.kind.get_ref().as_str();
     let kind = match k {
-        "tcp" => Some(HealthKind::Tcp),
+        "tcp" => Some(HealthKind::Tcp {
+            send: h.send.as_ref().map(|v| v.get_ref().clone()),
+            expect: tcp_expect(r, h),
+        }),
+        "icmp" => Some(HealthKind::Icmp),
         "http" => {
             let path = h
                 .path
@@ -47,9 +51,10 @@ pub(super) fn validate(
                     );
                 }
             }
-            let expect_status = r
-                .int_in(&h.expect_status, "health_check.expect_status", 100, 599)
-                .unwrap_or(200) as u16;
+            let expect_status = match &h.expect_status {
+                None => StatusMatch::single(200),
+                Some(v) => statuses(r, v).unwrap_or(StatusMatch::single(200)),
+            };
             let host = h.host.as_ref().map(|v| v.get_ref().clone());
             let tls = match &h.tls {
                 Some(t) if *t.get_ref() && !backend_tls => {
@@ -77,7 +82,7 @@ pub(super) fn validate(
             None => {
                 r.err(
                     h.kind.span(),
-                    format!("health_check.kind: unknown kind {other:?}; expected \"tcp\", \"http\" or \"plugin:<name>\""),
+                    format!("health_check.kind: unknown kind {other:?}; expected \"tcp\", \"http\", \"icmp\" or \"plugin:<name>\""),
                 );
                 None
             }
@@ -102,13 +107,33 @@ pub(super) fn validate(
             r.err(v.span(), "health_check.tls only applies to kind = \"http\"");
         }
     }
+    if !matches!(kind, Some(HealthKind::Tcp { .. })) {
+        for (v, n) in [
+            (&h.send, "send"),
+            (&h.expect, "expect"),
+            (&h.expect_regex, "expect_regex"),
+        ] {
+            if let Some(v) = v {
+                r.err(
+                    v.span(),
+                    format!("health_check.{n} only applies to kind = \"tcp\""),
+                );
+            }
+        }
+    }
+    if let (Some(v), Some(HealthKind::Icmp)) = (&h.port, &kind) {
+        r.err(
+            v.span(),
+            "health_check.port does not apply to kind = \"icmp\" (an echo request goes to the host)",
+        );
+    }
     if let Some(v) = h.send_proxy.as_ref().filter(|v| *v.get_ref()) {
         if !send_proxy {
             r.err(
                 v.span(),
                 "health_check.send_proxy = true needs send_proxy on the service (its version is sent)",
             );
-        } else if matches!(kind, Some(HealthKind::Plugin(_))) {
+        } else if matches!(kind, Some(HealthKind::Plugin(_) | HealthKind::Icmp)) {
             r.err(
                 v.span(),
                 "health_check.send_proxy only applies to kind = \"tcp\" or \"http\"",
@@ -138,4 +163,124 @@ pub(super) fn validate(
         port,
         send_proxy: h.send_proxy.as_ref().is_some_and(|v| *v.get_ref()),
     })
+}
+
+/// Longest `send` and `expect` strings, and the compiled size allowed to an `expect_regex`.
+const MAX_SEND: usize = 4096;
+const MAX_EXPECT: usize = 1024;
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// `expect` (a prefix of the first line) or `expect_regex` (a regular expression on it).
+fn tcp_expect(r: &mut Reporter, h: &raw::Health) -> Option<TcpExpect> {
+    if let Some(v) = &h.send {
+        if v.get_ref().is_empty() || v.get_ref().len() > MAX_SEND {
+            r.err(
+                v.span(),
+                format!("health_check.send: must be 1 to {MAX_SEND} bytes"),
+            );
+        }
+    }
+    match (&h.expect, &h.expect_regex) {
+        (Some(_), Some(re)) => {
+            r.err(
+                re.span(),
+                "health_check: give expect (a prefix) or expect_regex, not both",
+            );
+            None
+        }
+        (Some(p), None) => {
+            if p.get_ref().is_empty() || p.get_ref().len() > MAX_EXPECT {
+                r.err(
+                    p.span(),
+                    format!("health_check.expect: must be 1 to {MAX_EXPECT} bytes"),
+                );
+                return None;
+            }
+            Some(TcpExpect::Prefix(p.get_ref().clone()))
+        }
+        (None, Some(re)) => {
+            match regex::bytes::RegexBuilder::new(re.get_ref())
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+            {
+                Ok(x) => Some(TcpExpect::Regex(x)),
+                Err(e) => {
+                    // The crate's message spans several lines (pattern, caret, reason): the
+                    // reason is the last.
+                    let text = e.to_string();
+                    let last = text.lines().last().unwrap_or_default();
+                    let msg = last.strip_prefix("error: ").unwrap_or(last).to_string();
+                    r.err(
+                        re.span(),
+                        format!("health_check.expect_regex: not a valid regular expression: {msg}"),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    }
+}
+
+/// `expect_status`: `200`, `"200-399"`, or a list of both (`[200, "300-399", 401]`).
+fn statuses(r: &mut Reporter, v: &Spanned<toml::Value>) -> Option<StatusMatch> {
+    let mut m = StatusMatch::none();
+    let items: &[toml::Value] = match v.get_ref() {
+        toml::Value::Array(a) if a.is_empty() => {
+            r.err(
+                v.span(),
+                "health_check.expect_status: the list is empty; give at least one status",
+            );
+            return None;
+        }
+        toml::Value::Array(a) => a,
+        one => std::slice::from_ref(one),
+    };
+    let mut ok = true;
+    for item in items {
+        match status_item(item) {
+            Ok((l, h)) => m.add(l, h),
+            Err(e) => {
+                r.err(v.span(), format!("health_check.expect_status: {e}"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(m)
+}
+
+/// One status or `"LOW-HIGH"` range.
+fn status_item(v: &toml::Value) -> Result<(u16, u16), String> {
+    let status = |n: i64| -> Result<u16, String> {
+        if (StatusMatch::LOWEST as i64..=StatusMatch::HIGHEST as i64).contains(&n) {
+            Ok(n as u16)
+        } else {
+            Err(format!("{n} is not an HTTP status (100-599)"))
+        }
+    };
+    match v {
+        toml::Value::Integer(n) => status(*n).map(|s| (s, s)),
+        toml::Value::String(s) => {
+            let number = |t: &str| -> Result<u16, String> {
+                let t = t.trim();
+                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) || t.len() > 3 {
+                    return Err(format!("{s:?} is not a status or a range like \"200-399\""));
+                }
+                status(t.parse().expect("digits"))
+            };
+            match s.split_once('-') {
+                None => number(s).map(|n| (n, n)),
+                Some((l, h)) => {
+                    let (l, h) = (number(l)?, number(h)?);
+                    if l > h {
+                        return Err(format!("range {s:?} runs backwards ({l} > {h})"));
+                    }
+                    Ok((l, h))
+                }
+            }
+        }
+        other => Err(format!(
+            "{other} is neither a status (an integer) nor a range like \"200-399\""
+        )),
+    }
 }

@@ -207,16 +207,13 @@ enabled = false
         assert_eq!(s.listen.len(), 2);
         assert_eq!(s.scheduler, SchedulerKind::LeastConnections);
         let p = s.persistence.as_ref().unwrap();
-        assert_eq!(p.key, PersistenceKeyKind::Cookie("SRV".into()));
+        assert_eq!(p.keys, [PersistenceKeyKind::Cookie("SRV".into())]);
         assert_eq!(p.timeout, Duration::from_secs(1200));
         let h = s.health_check.as_ref().unwrap();
         assert_eq!(h.interval, Duration::from_millis(500));
         assert!(matches!(
             h.kind,
-            HealthKind::Http {
-                expect_status: 204,
-                ..
-            }
+            HealthKind::Http { expect_status, .. } if expect_status == StatusMatch::single(204)
         ));
         assert_eq!(s.slow_start, Some(Duration::from_secs(30)));
         assert_eq!(s.backends[0].weight, 3);

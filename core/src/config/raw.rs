@@ -119,7 +119,8 @@ pub struct BackendTls {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Persistence {
-    pub key: Spanned<String>,
+    /// A key kind, or a list of them tried in order.
+    pub key: Spanned<toml::Value>,
     pub timeout: Option<Spanned<String>>,
     pub max_entries: Option<Spanned<i64>>,
     pub shared: Option<Spanned<bool>>,
@@ -131,7 +132,14 @@ pub struct Health {
     pub kind: Spanned<String>,
     pub path: Option<Spanned<String>>,
     pub host: Option<Spanned<String>>,
-    pub expect_status: Option<Spanned<i64>>,
+    /// An integer, a `"LOW-HIGH"` range, or a list of both.
+    pub expect_status: Option<Spanned<toml::Value>>,
+    /// tcp: sent once connected.
+    pub send: Option<Spanned<String>>,
+    /// tcp: the first line starts with this.
+    pub expect: Option<Spanned<String>>,
+    /// tcp: the first line matches this regular expression.
+    pub expect_regex: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub rise: Option<Spanned<i64>>,

@@ -61,6 +61,26 @@ pub(super) fn validate(
     });
     let redirect_https = super::tls::redirect(r, s, mode);
     let backends = super::backend::validate(r, s, span, &name, redirect_https);
+    if let (
+        Some(HealthConfig {
+            kind: HealthKind::Icmp,
+            ..
+        }),
+        Some(h),
+    ) = (&health_check, &s.health_check)
+    {
+        // Told now (at `check` and start-up), not as every backend going down.
+        for v6 in [false, true] {
+            if backends.iter().any(|b| b.address.is_ipv6() == v6) {
+                if let Err(e) = crate::health::icmp::probe(v6) {
+                    r.err(
+                        h.get_ref().kind.span(),
+                        format!("health_check.kind = \"icmp\": {e}"),
+                    );
+                }
+            }
+        }
+    }
     let (tls, loaded) = super::tls::termination(r, s, mode, ctx.base);
     certs.extend(loaded);
     let route = super::tls::route(r, s);

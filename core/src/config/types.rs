@@ -158,7 +158,9 @@ impl fmt::Display for PersistenceKeyKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PersistenceConfig {
-    pub key: PersistenceKeyKind,
+    /// The key kinds in order: per request or connection, the first that yields a key (or
+    /// names a backend) is used. One entry for `key = "..."`; never empty, no duplicates.
+    pub keys: Vec<PersistenceKeyKind>,
     /// Idle timeout of a table entry.
     pub timeout: Duration,
     pub max_entries: u64,
@@ -166,12 +168,135 @@ pub struct PersistenceConfig {
     pub shared: bool,
 }
 
+impl PersistenceConfig {
+    /// The key kinds as written: `source_ip`, or `[plugin:rdp-cookie, source_ip]`.
+    pub fn keys_shown(&self) -> String {
+        match self.keys.as_slice() {
+            [one] => one.to_string(),
+            many => {
+                let all: Vec<String> = many.iter().map(|k| k.to_string()).collect();
+                format!("[{}]", all.join(", "))
+            }
+        }
+    }
+}
+
+/// The HTTP statuses a `health_check.expect_status` accepts: a bit per status 100-599, so a
+/// check's test is a shift and a mask, and the matcher is `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StatusMatch([u64; 8]);
+
+impl StatusMatch {
+    pub const LOWEST: u16 = 100;
+    pub const HIGHEST: u16 = 599;
+
+    pub const fn none() -> Self {
+        StatusMatch([0; 8])
+    }
+
+    /// Accepts `low..=high` too (both within 100-599, `low <= high`).
+    pub fn add(&mut self, low: u16, high: u16) {
+        for s in low..=high {
+            let i = (s - Self::LOWEST) as usize;
+            self.0[i / 64] |= 1 << (i % 64);
+        }
+    }
+
+    pub fn single(status: u16) -> Self {
+        let mut m = Self::none();
+        m.add(status, status);
+        m
+    }
+
+    #[inline]
+    pub fn matches(&self, status: u16) -> bool {
+        if !(Self::LOWEST..=Self::HIGHEST).contains(&status) {
+            return false;
+        }
+        let i = (status - Self::LOWEST) as usize;
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// The accepted statuses as ascending runs `(low, high)`.
+    pub fn runs(&self) -> Vec<(u16, u16)> {
+        let mut out: Vec<(u16, u16)> = Vec::new();
+        for s in Self::LOWEST..=Self::HIGHEST {
+            if self.matches(s) {
+                match out.last_mut() {
+                    Some((_, h)) if *h + 1 == s => *h = s,
+                    _ => out.push((s, s)),
+                }
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for StatusMatch {
+    /// `200`, `200-399`, `200,401`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, (l, h)) in self.runs().into_iter().enumerate() {
+            if n > 0 {
+                f.write_str(",")?;
+            }
+            match l == h {
+                true => write!(f, "{l}")?,
+                false => write!(f, "{l}-{h}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for StatusMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StatusMatch({self})")
+    }
+}
+
+/// What the first line a `tcp` check reads must be.
+#[derive(Debug, Clone)]
+pub enum TcpExpect {
+    /// The line starts with these bytes (`expect`).
+    Prefix(String),
+    /// The line (without its line end) matches (`expect_regex`), compiled once at load.
+    Regex(regex::bytes::Regex),
+}
+
+impl TcpExpect {
+    pub fn matches(&self, line: &[u8]) -> bool {
+        match self {
+            TcpExpect::Prefix(p) => line.starts_with(p.as_bytes()),
+            TcpExpect::Regex(r) => r.is_match(line),
+        }
+    }
+}
+
+impl PartialEq for TcpExpect {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TcpExpect::Prefix(a), TcpExpect::Prefix(b)) => a == b,
+            (TcpExpect::Regex(a), TcpExpect::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TcpExpect {}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthKind {
-    Tcp,
+    /// Up when a connection opens; with `send`, once that is written; with `expect`, when the
+    /// first line read matches.
+    Tcp {
+        send: Option<String>,
+        expect: Option<TcpExpect>,
+    },
+    /// Up when the backend's host answers an ICMP echo request.
+    Icmp,
     Http {
         path: String,
-        expect_status: u16,
+        expect_status: StatusMatch,
         host: Option<String>,
         /// Speak TLS (with the service's `backend_tls` verification): the default when the
         /// service has `backend_tls`; `tls = false` checks a plain HTTP port instead.
@@ -183,7 +308,18 @@ pub enum HealthKind {
 impl fmt::Display for HealthKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HealthKind::Tcp => f.write_str("tcp"),
+            HealthKind::Tcp { send, expect } => {
+                f.write_str("tcp")?;
+                if let Some(s) = send {
+                    write!(f, " send {s:?}")?;
+                }
+                match expect {
+                    Some(TcpExpect::Prefix(p)) => write!(f, " expect {p:?}"),
+                    Some(TcpExpect::Regex(r)) => write!(f, " expect_regex {:?}", r.as_str()),
+                    None => Ok(()),
+                }
+            }
+            HealthKind::Icmp => f.write_str("icmp echo"),
             HealthKind::Http {
                 path,
                 expect_status,

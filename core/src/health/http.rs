@@ -20,7 +20,7 @@ use crate::proxy_protocol::{send, Version};
 pub struct HttpCheck {
     pub path: String,
     pub host: Option<String>,
-    pub expect_status: u16,
+    pub expect_status: crate::config::StatusMatch,
     /// TLS towards the backends: the client configuration and each backend's server name.
     pub tls: Option<(Arc<ClientConfig>, Vec<ServerName<'static>>)>,
     /// Begin with a PROXY header of this version carrying the check connection's addresses.
@@ -53,7 +53,7 @@ impl HealthCheck for HttpCheck {
             }
         };
         Some(match tokio::time::timeout(timeout, status).await {
-            Ok(Some(s)) if s == self.expect_status => HealthReport::UP,
+            Ok(Some(s)) if self.expect_status.matches(s) => HealthReport::UP,
             _ => HealthReport::DOWN,
         })
     }

@@ -6,9 +6,11 @@
 //! that passive observations (failed connects on the request path) feed.
 
 mod http;
+pub mod icmp;
 mod tcp;
 
 pub use http::HttpCheck;
+pub use icmp::IcmpCheck;
 pub use tcp::TcpCheck;
 
 use std::net::SocketAddr;
@@ -30,7 +32,12 @@ pub fn builtin(svc: &ServiceConfig) -> Result<Option<Arc<dyn HealthCheck>>, Stri
     };
     let proxy = svc.send_proxy.filter(|_| cfg.send_proxy);
     Ok(Some(match &cfg.kind {
-        HealthKind::Tcp => Arc::new(TcpCheck { proxy }),
+        HealthKind::Tcp { send, expect } => Arc::new(TcpCheck {
+            proxy,
+            send: send.clone(),
+            expect: expect.clone(),
+        }),
+        HealthKind::Icmp => Arc::new(IcmpCheck::new()),
         HealthKind::Http {
             path,
             expect_status,

@@ -13,11 +13,11 @@ pub use keys::{HeaderKey, SourceIp};
 pub use table::{idle_cache, MemoryTable, PersistenceTable};
 
 use crate::balance::hooks::PersistenceKey;
-use crate::config::{PersistenceConfig, PersistenceKeyKind};
+use crate::config::PersistenceKeyKind;
 
-/// Builds the built-in key hook for this config; `None` for plugins.
-pub fn builtin_key(cfg: &PersistenceConfig) -> Option<Box<dyn PersistenceKey>> {
-    Some(match &cfg.key {
+/// Builds the built-in key hook of this key kind; `None` for plugins.
+pub fn builtin_key(kind: &PersistenceKeyKind) -> Option<Box<dyn PersistenceKey>> {
+    Some(match kind {
         PersistenceKeyKind::SourceIp => Box::new(SourceIp),
         PersistenceKeyKind::Header(name) => Box::new(HeaderKey::new(name)),
         PersistenceKeyKind::Cookie(name) => Box::new(InsertedCookie::new(name)),

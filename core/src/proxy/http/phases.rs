@@ -175,9 +175,9 @@ impl HttpService {
     fn choose(&self, session: &Session, ctx: &mut Ctx) -> Option<usize> {
         let req = self.request(session, ctx);
         let b = &ctx.route().balancer;
-        let outcome = b.key(&req);
-        let (chosen, persisted) = b.choose_persisted(&req, &outcome, &ctx.failed);
-        if let KeyOutcome::Backend(i) = outcome {
+        let keyed = b.key(&req);
+        let (chosen, persisted) = b.choose_persisted(&req, &keyed, &ctx.failed);
+        if let KeyOutcome::Backend(i) = keyed.outcome {
             ctx.named = Some(i);
         }
         ctx.persisted = Some(persisted);

@@ -201,7 +201,7 @@ async fn inspect<S: AsyncRead + Unpin>(
                     payload: &buf,
                     ..*req
                 };
-                if balancer.key(&r) != KeyOutcome::NeedMore {
+                if balancer.key(&r).outcome != KeyOutcome::NeedMore {
                     return buf;
                 }
             }
@@ -376,10 +376,8 @@ impl Target {
             payload: &payload,
             ..base
         };
-        let outcome = match b.key(&req) {
-            KeyOutcome::NeedMore => KeyOutcome::None,
-            o => o,
-        };
+        // Inspection is over: a key kind still waiting for bytes yields to the next one.
+        let outcome = b.key_final(&req);
 
         let mut failed: Vec<usize> = Vec::new();
         let mut persisted = Persisted::None;
