@@ -334,6 +334,35 @@ struct Fronts {
     _h: Option<Haproxy>,
 }
 
+impl Fronts {
+    /// A plain GET through Plugboard gets its 200.
+    async fn assert_serves(&self) {
+        let get = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        let (ok, _) = probe(self.plugboard, get, None, Duration::from_secs(3)).await;
+        assert_eq!(ok, Outcome::Answered(vec![200], true));
+    }
+
+    /// HAProxy's answer to the same bytes, for the table.
+    async fn haproxy_answer(
+        &self,
+        bytes: &[u8],
+        pace: Option<(usize, Duration)>,
+        limit: Duration,
+    ) -> String {
+        match self.haproxy {
+            Some(h) => probe(h, bytes, pace, limit).await.0.to_string(),
+            None => "-".to_string(),
+        }
+    }
+}
+
+fn table_head() -> Vec<String> {
+    vec![
+        "| case | Plugboard | HAProxy 2.6 |".to_string(),
+        "|---|---|---|".to_string(),
+    ]
+}
+
 async fn fronts() -> Fronts {
     let (backend, seen) = raw_backend().await;
     let listen = free_addr();
@@ -363,22 +392,15 @@ async fn fronts() -> Fronts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_framings_are_refused_or_forwarded_unambiguously() {
     let f = fronts().await;
-    let mut table = vec![
-        "| case | Plugboard | HAProxy 2.6 |".to_string(),
-        "|---|---|---|".to_string(),
-    ];
+    let mut table = table_head();
     let mut failures = Vec::new();
     for c in framing_cases() {
         f.seen.lock().unwrap().clear();
         let (ours, _) = probe(f.plugboard, &c.bytes, None, Duration::from_secs(3)).await;
         let forwarded: Vec<Vec<u8>> = f.seen.lock().unwrap().drain(..).collect();
-        let theirs = match f.haproxy {
-            Some(h) => probe(h, &c.bytes, None, Duration::from_secs(3))
-                .await
-                .0
-                .to_string(),
-            None => "-".to_string(),
-        };
+        let theirs = f
+            .haproxy_answer(&c.bytes, None, Duration::from_secs(3))
+            .await;
         f.seen.lock().unwrap().clear();
         table.push(format!("| {} | {ours} | {theirs} |", c.name));
         if c.must_reject && !ours.rejected() {
@@ -415,23 +437,13 @@ async fn hostile_framings_are_refused_or_forwarded_unambiguously() {
     eprintln!("{}", table.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The proxy still serves after all of it.
-    let (after, _) = probe(
-        f.plugboard,
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        None,
-        Duration::from_secs(3),
-    )
-    .await;
-    assert_eq!(after, Outcome::Answered(vec![200], true));
+    f.assert_serves().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_broken_clients_and_backends_cost_a_clear_answer() {
     let f = fronts().await;
-    let mut table = vec![
-        "| case | Plugboard | HAProxy 2.6 |".to_string(),
-        "|---|---|---|".to_string(),
-    ];
+    let mut table = table_head();
     let mut failures = Vec::new();
     type Check = fn(&Outcome, &[u8]) -> bool;
     type Pace = Option<(usize, Duration)>;
@@ -482,10 +494,7 @@ async fn slow_and_broken_clients_and_backends_cost_a_clear_answer() {
     for (name, bytes, pace, check) in cases {
         let limit = Duration::from_secs(6);
         let (ours, got) = probe(f.plugboard, &bytes, pace, limit).await;
-        let theirs = match f.haproxy {
-            Some(h) => probe(h, &bytes, pace, limit).await.0.to_string(),
-            None => "-".to_string(),
-        };
+        let theirs = f.haproxy_answer(&bytes, pace, limit).await;
         table.push(format!("| {name} | {ours} | {theirs} |"));
         if !check(&ours, &got) {
             failures.push(format!(
@@ -523,14 +532,7 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
         }
     }
     // Others are still served while that client sits on its full buffers.
-    let (ok, _) = probe(
-        f.plugboard,
-        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        None,
-        Duration::from_secs(3),
-    )
-    .await;
-    assert_eq!(ok, Outcome::Answered(vec![200], true));
+    f.assert_serves().await;
     let grown = rss().saturating_sub(before);
     assert!(
         written < 64 * 1024 * 1024,
