@@ -592,3 +592,163 @@ async fn reload_adds_changes_and_removes_a_udp_service() {
         tcp_b.addr.to_string()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_keeps_open_flows_and_maint_moves_them() {
+    let bs = [UdpEcho::start().await, UdpEcho::start().await];
+    let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
+    let listen = SocketAddr::new(localhost(), free_udp_port(localhost()));
+    let admin = free_addr();
+    let _p = Proxy::start(
+        &with_admin(
+            admin,
+            &udp_service("u", listen, "scheduler = \"round_robin\"", &addrs),
+        ),
+        admin,
+    )
+    .await;
+    let a = bs[0].addr.to_string();
+    let mut on_a = Vec::new();
+    for _ in 0..4 {
+        let c = client(localhost()).await;
+        if ask_one(&c, listen, b"x").await.0 == a {
+            on_a.push(c);
+        }
+    }
+    assert_eq!(on_a.len(), 2);
+    // Drain: no new flow goes to a; its open flows stay.
+    let (code, _, err) = ctl(admin, None, &["drain", "u", &a]);
+    assert_eq!(code, 0, "{err}");
+    for _ in 0..4 {
+        let c = client(localhost()).await;
+        assert_eq!(ask_one(&c, listen, b"new").await.0, bs[1].addr.to_string());
+    }
+    for c in &on_a {
+        assert_eq!(ask_one(c, listen, b"open").await.0, a);
+    }
+    // Maint: the open flows move at their next datagram.
+    assert_eq!(ctl(admin, None, &["maint", "u", &a]).0, 0);
+    for c in &on_a {
+        assert_eq!(ask_one(c, listen, b"moved").await.0, bs[1].addr.to_string());
+    }
+}
+
+fn have_xfreerdp() -> bool {
+    let have = |p: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {p}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    (have("xfreerdp") && have("xvfb-run"))
+        || missing_dependency(
+            "rdp-clients",
+            "xfreerdp and xvfb-run are not installed (Debian: freerdp2-x11 xvfb)",
+        )
+}
+
+/// `follow` after the TCP connections of a real RDP client: xfreerdp connects (from
+/// 127.0.0.1) through the tcp service, which pins it by address to one host; every UDP flow
+/// of that client then goes to the same host, where round robin alone would alternate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_after_real_xfreerdp_connections() {
+    if !have_xfreerdp() {
+        return;
+    }
+    let hosts = [IpAddr::from([127, 0, 0, 16]), IpAddr::from([127, 0, 0, 17])];
+    let tcp_port = free_addr().port();
+    let udp_port = free_udp_port(hosts[0]);
+    let mut tcp_backends = Vec::new();
+    let mut udp_backends = Vec::new();
+    for h in hosts {
+        tcp_backends.push(TcpBackend::start_on(SocketAddr::new(h, tcp_port)).await);
+        udp_backends.push(UdpEcho::start_on(SocketAddr::new(h, udp_port)).await);
+    }
+    let tcp_listen = free_addr();
+    let udp_listen = SocketAddr::new(localhost(), tcp_listen.port());
+    let mut services = format!(
+        "[[service]]\nname = \"rds\"\nlisten = \"{tcp_listen}\"\nmode = \"tcp\"\npersistence = {{ key = \"source_ip\", timeout = \"8h\" }}\n"
+    );
+    for b in &tcp_backends {
+        services.push_str(&format!("[[service.backend]]\naddress = \"{}\"\n", b.addr));
+    }
+    services.push('\n');
+    services.push_str(&udp_service(
+        "rds-udp",
+        udp_listen,
+        "scheduler = \"round_robin\"\nfollow = \"rds\"",
+        &udp_backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
+    ));
+    let _p = Proxy::start(&config(free_addr(), &services), tcp_listen).await;
+    let target = format!("/v:{tcp_listen}");
+    tokio::task::spawn_blocking(move || {
+        let status = std::process::Command::new("timeout")
+            .arg("20")
+            .args(["xvfb-run", "-a", "-s", "-nolisten tcp"])
+            .args(["xfreerdp", &target, "/u:alice", "/p:x", "/cert-ignore"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run xfreerdp");
+        assert_ne!(status.code(), Some(124), "xfreerdp timed out");
+    })
+    .await
+    .unwrap();
+    let used: Vec<usize> = (0..2).filter(|&i| tcp_backends[i].conns() > 0).collect();
+    assert_eq!(used.len(), 1, "xfreerdp's connections on one host");
+    let host = hosts[used[0]];
+    for _ in 0..4 {
+        let c = client(localhost()).await;
+        let (b, _, _) = ask_one(&c, udp_listen, b"rdp-udp").await;
+        assert_eq!(b, SocketAddr::new(host, udp_port).to_string());
+    }
+}
+
+/// A persistence-key plugin reads a flow's first datagram as its payload: flows of one user,
+/// from any address and port, go to one backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_key_reads_the_first_datagram() {
+    let bs = [
+        UdpEcho::start().await,
+        UdpEcho::start().await,
+        UdpEcho::start().await,
+    ];
+    let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
+    let listen = SocketAddr::new(localhost(), free_udp_port(localhost()));
+    let metrics = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("user.lua"),
+        "-- key = the word after \"USER \"; a datagram comes whole: never false\n\
+         function persistence_key(req)\n  return string.match(req.payload or \"\", \"^USER (%w+)\")\nend\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        "[proxy]\nthreads = 2\nmetrics = \"{metrics}\"\nplugins_dir = \"{}\"\n\n{}",
+        dir.path().display(),
+        udp_service(
+            "u",
+            listen,
+            "scheduler = \"round_robin\"\npersistence = { key = \"plugin:user\" }",
+            &addrs
+        )
+    );
+    let _p = Proxy::start(&cfg, metrics).await;
+    let mut homes = HashMap::new();
+    for round in 0..3u8 {
+        for user in ["alice", "bob", "carol", "dave"] {
+            let c = client(IpAddr::from([127, 0, 0, 40 + round])).await;
+            let msg = format!("USER {user}");
+            let (b, payload, _) = ask_one(&c, listen, msg.as_bytes()).await;
+            assert_eq!(payload, msg.as_bytes(), "forwarded unchanged");
+            assert_eq!(homes.entry(user).or_insert(b.clone()), &b, "{user} moved");
+        }
+    }
+    assert!(
+        homes
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 2
+    );
+}
