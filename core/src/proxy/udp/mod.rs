@@ -7,11 +7,13 @@
 //! every reply goes back to the client from the listening address (`send_to` on the
 //! listening socket). A flow ends after `idle_timeout` with no datagram either way.
 //!
-//! Each listen address runs as `threads` workers, each with its own socket bound with
-//! `SO_REUSEPORT`: the kernel hashes a client's address to one socket, so a flow lives on one
-//! worker, in that worker's table. A worker has one receive buffer of 64 KiB for everything
-//! it relays (client and backend datagrams alike): a read and the send that follows happen
-//! with no await between them, and the worker is a single thread.
+//! Each listen address runs as `threads` workers reading from the address's one socket
+//! (duplicated, as in tcp mode), with one flow table for the address: whichever worker reads a
+//! datagram finds its flow. A flow's replies are read by a task on the worker that made it.
+//! Sends are plain non-blocking system calls (not through a worker's reactor), so any worker
+//! may send on any flow's socket. A worker has one receive buffer of 64 KiB for everything it
+//! reads (client and backend datagrams alike): a read and the send that follows happen with no
+//! await between them, and the worker is a single thread.
 //!
 //! Limits: a flow holds a slot of the service's `max_connections` (default
 //! [`DEFAULT_MAX_FLOWS`]) and of the process's; a datagram that would start a flow over
@@ -22,6 +24,7 @@
 //! ends, and its next datagram is balanced again, once a health check marks the backend
 //! down or the operator puts it in maintenance.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -76,11 +79,14 @@ pub fn max_flows(max_connections: Option<usize>) -> usize {
     max_connections.unwrap_or(DEFAULT_MAX_FLOWS)
 }
 
+/// The flows of one listen address, by client address and port (shared by its workers).
+type FlowTable = Mutex<HashMap<SocketAddr, Arc<Flow>>>;
+
 /// One worker of one address of a `mode = "udp"` service.
 pub struct UdpListenerUnit {
     name: String,
-    addr: SocketAddr,
     socket: std::net::UdpSocket,
+    flows: Arc<FlowTable>,
     target: Arc<UdpTarget>,
     limits: Arc<ArcSwap<Limits>>,
 }
@@ -88,14 +94,9 @@ pub struct UdpListenerUnit {
 fn bind_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-    // Every worker of the address binds it; the kernel keeps a client on one of them.
-    s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     // Bursts wait in the kernel rather than being dropped there (best effort).
     let _ = s.set_recv_buffer_size(4 << 20);
-    if addr.is_ipv6() {
-        let _ = s.set_only_v6(true);
-    }
     s.bind(&addr.into())?;
     Ok(s.into())
 }
@@ -113,26 +114,24 @@ impl UdpListenerUnit {
             .map_err(|e| format!("service {name}: cannot listen on {addr}: {e}"))?;
         Ok(UdpListenerUnit {
             name,
-            addr,
             socket,
+            flows: Default::default(),
             target,
             limits,
         })
     }
 
-    /// This listener as `n` workers, each with a socket of its own on the same address.
+    /// This listener as `n` workers sharing the socket (duplicated) and the flow table.
     pub fn split(self, n: usize) -> Result<Vec<UdpListenerUnit>, String> {
         let mut workers = Vec::with_capacity(n);
         for _ in 1..n {
             workers.push(UdpListenerUnit {
-                socket: bind_socket(self.addr).map_err(|e| {
-                    format!(
-                        "service {}: cannot listen on {} again: {e}",
-                        self.name, self.addr
-                    )
-                })?,
+                socket: self
+                    .socket
+                    .try_clone()
+                    .map_err(|e| format!("service {}: cannot share its socket: {e}", self.name))?,
                 name: self.name.clone(),
-                addr: self.addr,
+                flows: self.flows.clone(),
                 target: self.target.clone(),
                 limits: self.limits.clone(),
             });
@@ -155,7 +154,7 @@ impl UdpListenerUnit {
         let w = Arc::new(Worker {
             socket,
             buf: Mutex::new(vec![0u8; MAX_DATAGRAM].into_boxed_slice()),
-            flows: Mutex::new(HashMap::new()),
+            flows: self.flows,
             epoch: Instant::now(),
             target: self.target,
             limits: self.limits,
@@ -191,7 +190,7 @@ impl UdpListenerUnit {
 struct Worker {
     socket: Arc<UdpSocket>,
     buf: Mutex<Box<[u8]>>,
-    flows: Mutex<HashMap<SocketAddr, Arc<Flow>>>,
+    flows: Arc<FlowTable>,
     /// Times of flows are milliseconds since this.
     epoch: Instant,
     target: Arc<UdpTarget>,
@@ -217,6 +216,21 @@ struct Flow {
 }
 
 impl Flow {
+    /// Sends a client's datagram to the backend.
+    fn relay(&self, data: &[u8]) {
+        let sc = self.balancer.service_counters();
+        match send(&self.socket, data) {
+            Ok(n) => {
+                sc.udp_datagrams[0].inc();
+                self.balancer
+                    .backend_counters(self.backend)
+                    .bytes_in
+                    .inc_by(n as u64);
+            }
+            Err(_) => sc.udp_dropped[udp_drop::SEND_FAILED].inc(),
+        }
+    }
+
     /// Its backend no longer takes it: down per health check, or in maintenance.
     fn backend_gone(&self) -> bool {
         let b = self.balancer.pool.get(self.backend);
@@ -253,17 +267,7 @@ impl Worker {
         if let Some(f) = existing {
             if !f.backend_gone() {
                 f.last.store(self.now_ms(), Relaxed);
-                let sc = f.balancer.service_counters();
-                match send(&f.socket, data) {
-                    Ok(n) => {
-                        sc.udp_datagrams[0].inc();
-                        f.balancer
-                            .backend_counters(f.backend)
-                            .bytes_in
-                            .inc_by(n as u64);
-                    }
-                    Err(_) => sc.udp_dropped[udp_drop::SEND_FAILED].inc(),
-                }
+                f.relay(data);
                 return;
             }
             // Balanced again below; its task ends.
@@ -321,13 +325,6 @@ impl Worker {
                 return;
             }
         };
-        match send(&socket, data) {
-            Ok(n) => {
-                sc.udp_datagrams[0].inc();
-                b.backend_counters(i).bytes_in.inc_by(n as u64);
-            }
-            Err(_) => sc.udp_dropped[udp_drop::SEND_FAILED].inc(),
-        }
         let flow = Arc::new(Flow {
             socket,
             backend: i,
@@ -338,13 +335,26 @@ impl Worker {
             _slots: slots,
             _present: self.tally.enter(),
         });
+        {
+            let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+            match flows.entry(peer) {
+                // Another worker made this client's flow meanwhile: this one goes unused.
+                Entry::Occupied(e) => {
+                    let f = e.get().clone();
+                    drop(flows);
+                    f.last.store(self.now_ms(), Relaxed);
+                    f.relay(data);
+                    return;
+                }
+                Entry::Vacant(e) => {
+                    e.insert(flow.clone());
+                }
+            }
+        }
+        flow.relay(data);
         self.tally.accepted();
         sc.udp_flows.inc();
         sc.udp_active.inc();
-        self.flows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, flow.clone());
         let w = self.clone();
         tokio::spawn(async move {
             w.replies(&flow, peer).await;
