@@ -5,21 +5,31 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
+/// SIGTERM with a request in flight (the backend holds it 2 s) and an idle kept-alive client:
+/// the idle client is closed at once, the request is answered, and the proxy exits as soon as
+/// it has been, well inside the 30 s grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_requests_in_flight_finish() {
     let a = HttpBackend::start().await;
     let listen = free_addr();
     let cfg = service_toml("http", listen, "", &[(a.addr, 1)])
-        .replace("[proxy]\n", "[proxy]\ngrace_period = \"3s\"\n");
+        .replace("[proxy]\n", "[proxy]\ngrace_period = \"30s\"\n");
     let mut p = Proxy::start(&cfg, listen).await;
-    let slow = tokio::spawn(async move { get_once(listen, "/slow/1500").await });
-    // The signal comes while the backend holds the request (1.5 s).
+    let mut idle = Client::connect(listen).await.unwrap();
+    idle.get("/", &[]).await.unwrap();
+    let slow = tokio::spawn(async move { get_once(listen, "/slow/2000").await });
+    // The signal comes while the backend holds the request.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
     p.terminate();
+    assert!(
+        idle.closed_within(Duration::from_secs(1)).await,
+        "the idle client is closed at once"
+    );
     let r = slow
         .await
         .unwrap()
@@ -31,8 +41,50 @@ async fn sigterm_lets_requests_in_flight_finish() {
     let status = p
         .wait_exit(Duration::from_secs(15))
         .expect("the proxy exits");
+    let took = signalled.elapsed();
     assert!(status.success(), "{status:?}\n{}", p.log_text());
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM, with nothing in flight after about 1.7 s\n{}",
+        p.log_text()
+    );
     assert!(get_once(listen, "/").await.is_err(), "no longer listening");
+}
+
+/// SIGTERM on a proxy with nothing in flight exits at once, even with a 30 s grace period and
+/// idle kept-alive clients (one in its task, one parked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_an_idle_proxy_exits_at_once() {
+    let a = HttpBackend::start().await;
+    let listen = free_addr();
+    let cfg = service_toml("http", listen, "", &[(a.addr, 1)])
+        .replace("[proxy]\n", "[proxy]\ngrace_period = \"30s\"\n");
+    let mut p = Proxy::start(&cfg, listen).await;
+    let mut parked = Client::connect(listen).await.unwrap();
+    parked.get("/", &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let mut idle = Client::connect(listen).await.unwrap();
+    idle.get("/", &[]).await.unwrap();
+    let signalled = Instant::now();
+    p.terminate();
+    let status = p
+        .wait_exit(Duration::from_secs(5))
+        .expect("the proxy exits");
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status:?}\n{}", p.log_text());
+    assert!(
+        took < Duration::from_millis(1500),
+        "exited {took:?} after SIGTERM\n{}",
+        p.log_text()
+    );
+    assert!(
+        p.log_text().contains("SIGTERM: no connection in flight"),
+        "{}",
+        p.log_text()
+    );
+    for c in [&mut idle, &mut parked] {
+        assert!(c.closed_within(Duration::from_secs(1)).await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -522,7 +522,7 @@ fn plugin_check_runs_each_hook_once() {
     let out = String::from_utf8_lossy(&w.stdout);
     assert!(
         out.contains("wasm plugin, ABI version 1")
-            && out.contains("select-server: backend 127.0.0.1:9003"),
+            && out.contains("select-server: backend 2 (127.0.0.1:9003)"),
         "{out}"
     );
     let bad = std::process::Command::new(BIN)
@@ -627,5 +627,174 @@ end
     assert!(
         t.elapsed() >= Duration::from_millis(250),
         "waited for the first bytes"
+    );
+}
+
+/// Messages speak the plugin author's language: a Lua plugin's backend numbers count from 1
+/// (`plugin check` and the fault log alike), and a runtime fault names the file (and, for
+/// Lua, the line), for WASM too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_messages_name_the_file_and_count_lua_backends_from_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("two.lua"),
+        "function select_server(req, backends) return 2 end",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(dir.path().join("two.lua"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("select-server: backend 2 (127.0.0.1:9002)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sample backends: 1 127.0.0.1:9001, 2 127.0.0.1:9002, 3 127.0.0.1:9003 (numbered from 1)"),
+        "{text}"
+    );
+
+    let cases = [
+        ("seven.lua", "function select_server(req, backends) return 7 end".to_string()),
+        (
+            "faulty.lua",
+            "-- a scheduler with a bug on line 4\nfunction select_server(req, backends)\n  local t = nil\n  return t.x\nend\n".to_string(),
+        ),
+        ("w-trap.wasm", wat_scheduler("unreachable")),
+    ];
+    let backends = [(free_addr(), 1), (free_addr(), 1), (free_addr(), 1)];
+    let mut svc = Vec::new();
+    for (file, text) in &cases {
+        std::fs::write(dir.path().join(file), text).unwrap();
+        let name = file.split('.').next().unwrap();
+        svc.push((free_addr(), format!("scheduler = \"plugin:{name}\"")));
+    }
+    let list: Vec<(SocketAddr, &str)> = svc.iter().map(|(a, e)| (*a, e.as_str())).collect();
+    let cfg = services(dir.path(), None, &list, &backends);
+    let p = Proxy::start(&cfg, svc[0].0).await;
+    for (listen, _) in &svc {
+        let _ = get_once(*listen, "/").await;
+    }
+    let wanted = [
+        [
+            "plugin=seven",
+            "file=seven.lua",
+            "returned backend 7, but the pool has 3",
+        ],
+        [
+            "plugin=faulty",
+            "file=faulty.lua",
+            "faulty.lua:4: attempt to index nil",
+        ],
+        ["plugin=w-trap", "file=w-trap.wasm", "trap"],
+    ];
+    for needles in wanted {
+        let mut needles = needles.to_vec();
+        needles.push("plugin failed");
+        p.wait_log(&needles, 1, Duration::from_secs(10)).await;
+    }
+    // The start-up log: one line per service, one per plugin with its hooks; again after a
+    // reload.
+    let log = p.log_text();
+    let listen = format!("listen={}", svc[0].0);
+    let service = [listen.as_str(), "service=s0", "mode=http", "tls=false"];
+    let plugin = [
+        "plugin loaded",
+        "plugin=faulty",
+        "kind=lua",
+        "faulty.lua",
+        "hooks=select-server",
+    ];
+    for needles in [&service[..], &plugin[..]] {
+        assert!(
+            log.lines().any(|l| needles.iter().all(|n| l.contains(n))),
+            "no line with {needles:?}:\n{log}"
+        );
+    }
+    // SAFETY: a plain kill(2) on our child.
+    unsafe { libc::kill(p.pid() as i32, libc::SIGHUP) };
+    p.wait_log(&plugin, 2, Duration::from_secs(10)).await;
+    p.wait_log(&service, 2, Duration::from_secs(10)).await;
+}
+
+/// README's plugin guide, step 1: the Rust template copied outside this repository, with its
+/// `plugboard-sdk` path pointed at this repository's `sdk/`, builds to wasm32 and passes
+/// `plugboard plugin check`.
+#[test]
+fn rust_template_builds_outside_the_repository() {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    let sysroot = std::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("rustc");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    assert!(
+        Path::new(&sysroot)
+            .join("lib/rustlib/wasm32-unknown-unknown")
+            .is_dir(),
+        "the wasm32-unknown-unknown target is not installed (rustup target add wasm32-unknown-unknown)"
+    );
+    let copy = tempfile::tempdir().unwrap();
+    assert!(
+        !copy.path().starts_with(&repo),
+        "the copy must be outside the repository"
+    );
+    let crate_dir = copy.path().join("my-sched");
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    let template = repo.join("examples/plugins/round-robin");
+    std::fs::copy(template.join("src/lib.rs"), crate_dir.join("src/lib.rs")).unwrap();
+    // Step 1: rename the package, point the SDK dependency at this repository's sdk/.
+    let manifest = std::fs::read_to_string(template.join("Cargo.toml")).unwrap();
+    let sdk_line = "plugboard-sdk = { path = \"../../../sdk\" }";
+    assert!(manifest.contains(sdk_line), "{manifest}");
+    let manifest = manifest
+        .replace("name = \"round-robin\"", "name = \"my-sched\"")
+        .replace(
+            sdk_line,
+            &format!(
+                "plugboard-sdk = {{ path = \"{}\" }}",
+                repo.join("sdk").display()
+            ),
+        );
+    std::fs::write(crate_dir.join("Cargo.toml"), manifest).unwrap();
+    // Step 2. A target directory shared between runs keeps it quick; offline, as the SDK's
+    // dependencies are in cargo's cache once the workspace has built.
+    let target = std::env::temp_dir().join("plugboard-template-test-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--offline",
+            "--release",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .current_dir(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the copied template does not build:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Step 3.
+    let wasm = target.join("wasm32-unknown-unknown/release/my_sched.wasm");
+    let check = std::process::Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&wasm)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && text.contains("hooks: select-server"),
+        "{text}{}",
+        String::from_utf8_lossy(&check.stderr)
     );
 }

@@ -14,17 +14,9 @@ pub fn run(config: &Path, format: Option<LogFormat>) -> ExitCode {
     for w in &built.cfg.warnings {
         tracing::warn!("{w}");
     }
-    for s in &built.cfg.services {
-        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
-        tracing::info!(service = %s.name, mode = s.mode.as_str(), listen = %listen.join(", "),
-            backends = s.backends.len(), scheduler = %s.scheduler, "service");
-    }
-    if let Some(reg) = &built.plugins {
-        for (name, kind, hooks) in reg.summary() {
-            tracing::info!(plugin = %name, kind, %hooks, "plugin loaded");
-        }
-    }
+    crate::server::log_what_runs(&built.cfg, built.plugins.as_deref());
     let services = built.cfg.services.len();
+    let grace = built.cfg.proxy.grace_period;
     let server = match built.serve() {
         Ok(s) => s,
         Err(e) => {
@@ -33,5 +25,5 @@ pub fn run(config: &Path, format: Option<LogFormat>) -> ExitCode {
         }
     };
     tracing::info!(config = %config.display(), services, "plugboard starting");
-    server.run_forever()
+    crate::server::run(server, grace)
 }

@@ -53,6 +53,15 @@ pub struct TallyCounts {
 /// One connection in a [`Tally`], for as long as it lives.
 pub struct Present(Arc<TallyCounts>);
 
+/// Client connections open in the whole process, over every listener (running or stopped).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Client connections open in the whole process: at shutdown, the ones still in flight (idle
+/// kept-alive and parked clients are closed at once then).
+pub fn open_connections() -> usize {
+    OPEN.load(Relaxed)
+}
+
 impl Slots {
     /// This connection is closed unserved (see [`TallyCounts::refused`]).
     pub fn refused(&self) {
@@ -66,6 +75,7 @@ impl Tally {
     /// A connection was accepted: its place in the count, for as long as it lives.
     pub fn enter(&self) -> Present {
         self.0.open.fetch_add(1, Relaxed);
+        OPEN.fetch_add(1, Relaxed);
         Present(self.0.clone())
     }
 
@@ -110,6 +120,7 @@ impl TallyCounts {
 impl Drop for Present {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Relaxed);
+        OPEN.fetch_sub(1, Relaxed);
     }
 }
 

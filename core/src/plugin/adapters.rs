@@ -21,7 +21,10 @@ impl SelectServer for PluginSelect {
             i.select(&call).and_then(|p| match p {
                 Some(i) if i >= pool.len() => Err(Fault::new(
                     FaultKind::Invalid,
-                    format!("returned backend {i}, but the pool has {}", pool.len()),
+                    format!(
+                        "returned backend {i}, but the pool has {} (numbered from 0)",
+                        pool.len()
+                    ),
                 )),
                 p => Ok(p),
             })
@@ -72,7 +75,10 @@ impl PersistenceKey for PluginKey {
             i.key(req, pool).and_then(|o| match o {
                 KeyOutcome::Backend(i) if i >= pool.len() => Err(Fault::new(
                     FaultKind::Invalid,
-                    format!("named backend {i}, but the pool has {}", pool.len()),
+                    format!(
+                        "named backend {i}, but the pool has {} (numbered from 0)",
+                        pool.len()
+                    ),
                 )),
                 o => Ok(o),
             })

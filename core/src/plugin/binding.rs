@@ -221,8 +221,10 @@ impl Binding {
         self.counters.faults[kind_index(f.kind)].inc();
         let tripped = self.breaker.failure();
         if self.fault_log.allow() || tripped.is_some() {
+            let loaded = self.slot.current();
             tracing::warn!(
                 plugin = %self.slot.name,
+                file = %loaded.file,
                 service = %self.service,
                 hook,
                 kind = f.kind.as_str(),

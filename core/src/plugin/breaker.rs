@@ -66,7 +66,16 @@ mod tests {
     #[test]
     fn trips_after_consecutive_faults_and_doubles() {
         clock::start();
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        // The trial below needs the clock past 1 ms; its thread may start late on a busy
+        // machine.
+        let started = std::time::Instant::now();
+        while clock::now_ms() < 2 {
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "the plugin clock never ticked"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let b = Breaker::default();
         for _ in 0..TRIP_AFTER - 1 {
             assert_eq!(b.failure(), None);

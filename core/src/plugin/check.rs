@@ -63,6 +63,17 @@ pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, S
         })
         .collect();
     let pool = Pool::new("sample", &backends, None, &CookieKey::new(DEFAULT_SECRET));
+    let first = usize::from(loaded.kind() == "lua");
+    let listed: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{} {}", i + first, b.address))
+        .collect();
+    let _ = writeln!(
+        out,
+        "sample backends: {} (numbered from {first})",
+        listed.join(", ")
+    );
     let mut header =
         pingora::http::RequestHeader::build("GET", b"/", None).map_err(|e| e.to_string())?;
     let _ = header.insert_header("host", "example.test");
@@ -80,10 +91,13 @@ pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, S
         Ok(s) => s,
         Err(f) => format!("FAILED ({}): {}", f.kind.as_str(), f.message),
     };
+    // Backends as the plugin numbers them: from 1 in Lua, from 0 in WASM.
     let name = |i: usize| match pool.backends().get(i) {
-        Some(b) if b.name == b.address.to_string() => format!("backend {}", b.name),
-        Some(b) => format!("backend {} ({})", b.name, b.address),
-        None => format!("backend #{i}, which does not exist"),
+        Some(b) if b.name == b.address.to_string() => {
+            format!("backend {} ({})", i + first, b.address)
+        }
+        Some(b) => format!("backend {} {} ({})", i + first, b.name, b.address),
+        None => format!("backend {}, which does not exist", i + first),
     };
     if loaded.hooks & HOOK_SELECT != 0 {
         let call = SelectCall {

@@ -126,13 +126,17 @@ impl Registry {
     }
 
     /// Plugin names and the hooks their current versions implement, for the start-up log.
-    pub fn summary(&self) -> Vec<(String, &'static str, String)> {
+    pub fn summary(&self) -> Vec<(String, &'static str, String, String)> {
         let mut v: Vec<_> = self
             .slots
             .values()
             .map(|s| {
                 let l = s.current();
-                (s.name.clone(), l.kind(), hook_names(l.hooks))
+                let file = match l.file.ends_with("(built in)") {
+                    true => l.file.clone(),
+                    false => s.path.display().to_string(),
+                };
+                (s.name.clone(), l.kind(), file, hook_names(l.hooks))
             })
             .collect();
         v.sort();

@@ -19,6 +19,9 @@ pub struct Loaded {
     pub abi: u32,
     /// Changes with every successful (re)load of any slot.
     pub generation: u64,
+    /// Where it came from, for messages: the file name, or `NAME (built in)` for a stock
+    /// plugin.
+    pub file: String,
 }
 
 impl Loaded {
@@ -79,7 +82,7 @@ impl Runtimes {
             Source::Stock(name, bytes) => (
                 self.by_kind("wasm").expect("wasm runtime"),
                 bytes.to_vec(),
-                name.to_string(),
+                format!("{name} (built in)"),
             ),
             Source::File(path) => {
                 let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -106,6 +109,7 @@ impl Runtimes {
             hooks: c.hooks,
             abi: c.abi,
             generation: GENERATION.fetch_add(1, Relaxed),
+            file: name,
         })
     }
 }

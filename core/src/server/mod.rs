@@ -3,10 +3,14 @@
 //! balancers), which `check` stops after; [`Built::serve`] binds the listeners and wires the
 //! pingora services for `run`.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{
+    RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, UnixShutdownSignalWatch,
+};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -90,8 +94,10 @@ impl Built {
         let cfg = &self.cfg;
         let conf = ServerConf {
             threads: cfg.proxy.threads,
-            grace_period_seconds: Some(cfg.proxy.grace_period.as_secs()),
-            graceful_shutdown_timeout_seconds: Some(cfg.proxy.grace_period.as_secs()),
+            // pingora would sleep the whole grace period after SIGTERM; [`run`] waits only
+            // while connections are in flight instead.
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(0),
             pid_file: format!("/tmp/plugboard-{}.pid", std::process::id()),
             upgrade_sock: format!("/tmp/plugboard-upgrade-{}.sock", std::process::id()),
             ..ServerConf::default()
@@ -236,6 +242,87 @@ impl Built {
         Ok(server)
     }
 }
+
+/// Logs what a configuration runs, at start and after a reload: one line per service (its
+/// listen addresses, mode, TLS or not, backends, scheduler) and one per plugin (its kind, file
+/// and the hooks it implements).
+pub fn log_what_runs(cfg: &Config, plugins: Option<&Registry>) {
+    for s in &cfg.services {
+        let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+        tracing::info!(
+            service = %s.name,
+            mode = %s.mode.as_str(),
+            tls = s.tls.is_some(),
+            listen = %listen.join(", "),
+            backends = s.backends.len(),
+            scheduler = %s.scheduler,
+            "service"
+        );
+    }
+    if let Some(reg) = plugins {
+        for (name, kind, file, hooks) in reg.summary() {
+            tracing::info!(plugin = %name, kind = %kind, %file, %hooks, "plugin loaded");
+        }
+    }
+}
+
+/// Set when the server stops for `SIGTERM` (rather than `SIGINT`).
+static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+/// pingora's signal watch, noting whether the signal was `SIGTERM`.
+struct Signals;
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let s = UnixShutdownSignalWatch.recv().await;
+        if matches!(s, ShutdownSignal::GracefulTerminate) {
+            TERMINATING.store(true, Relaxed);
+        }
+        s
+    }
+}
+
+/// Runs `server` until a signal, then exits. On `SIGTERM` pingora tells every listener to
+/// stop (sockets close, idle and parked clients are closed at once) and stops its own
+/// services; the process then exits as soon as no client connection is open, or when `grace`
+/// has passed, whichever comes first. `SIGINT` exits at once.
+pub fn run(server: Server, grace: Duration) -> ! {
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    if TERMINATING.load(Relaxed) {
+        drain(grace);
+    }
+    std::process::exit(0)
+}
+
+/// Waits until no client connection is open, for at most `grace`.
+fn drain(grace: Duration) {
+    let started = Instant::now();
+    let deadline = started + grace;
+    loop {
+        let open = limits::open_connections();
+        if open == 0 {
+            tracing::info!(
+                "SIGTERM: no connection in flight after {} ms, exiting",
+                started.elapsed().as_millis()
+            );
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                open,
+                "SIGTERM: grace period of {grace:?} over, closing the connections still open"
+            );
+            return;
+        }
+        std::thread::sleep(DRAIN_POLL);
+    }
+}
+
+/// How often the shutdown looks whether the last connection has ended.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// Fails now if `addr` cannot be bound, rather than let pingora retry it in the background
 /// (it binds the metrics and admin listeners itself, when it starts them).

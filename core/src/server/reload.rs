@@ -272,6 +272,7 @@ impl Live {
         for (addr, unit) in start {
             self.ctx.frontends.start(addr, unit);
         }
+        super::log_what_runs(&cfg, registry.as_deref());
         st.fronts = next;
         st.limits = limits;
         st.plugins = registry;

@@ -240,7 +240,8 @@ impl TlsSession {
     /// Sends what the socket takes at once of the pending records (an alert before closing).
     fn send_now(&mut self, tcp: &TcpStream) {
         if self.sent < self.out.len() {
-            let _ = tcp.try_write(&self.out[self.sent..]);
+            // Not `try_write`, which gives up unless tokio has seen the socket writable.
+            let _ = socket2::SockRef::from(tcp).send(&self.out[self.sent..]);
         }
     }
 

@@ -213,6 +213,9 @@ impl LuaInstance {
             Value::Number(x) if x.fract() == 0.0 && *x >= 1.0 && *x <= n as f64 => {
                 Ok(*x as usize - 1)
             }
+            Value::Number(x) => Err(invalid(format!(
+                "{hook} returned backend {x}, but the pool has {n} (numbered from 1)"
+            ))),
             Value::String(s) => {
                 let s = s.to_string_lossy();
                 contract::backend_by_text(pool, &s)

@@ -21,6 +21,10 @@ use crate::tls::session::TlsSession;
 /// Writes up to this size are gathered until pingora flushes.
 const GATHER: usize = 16 * 1024;
 
+/// The most bytes a request line and header may take (pingora alone would take up to 1 MiB):
+/// a larger one is answered 431 and the connection closed.
+pub const MAX_REQUEST_HEADER: usize = 64 * 1024;
+
 /// A client connection, shared by its task (which waits on the socket between requests and
 /// parks it) and pingora's view of it during a request.
 #[derive(Debug)]
@@ -35,6 +39,8 @@ pub struct Client {
     /// Bytes were read after the end of the current request's header: a body, or the start
     /// of a pipelined request.
     after_header: AtomicBool,
+    /// The current request's header went over [`MAX_REQUEST_HEADER`].
+    header_too_large: AtomicBool,
     /// What the TLS client negotiated, for the requests' digest and the access log.
     pub tls_info: Option<Arc<super::tls_info::TlsInfo>>,
 }
@@ -47,6 +53,7 @@ impl Client {
             tls: tls.map(Mutex::new),
             header_done: AtomicBool::new(false),
             after_header: AtomicBool::new(false),
+            header_too_large: AtomicBool::new(false),
         }
     }
 
@@ -75,10 +82,16 @@ impl Client {
     pub fn start_request(&self, tracked: bool) {
         self.header_done.store(!tracked, Relaxed);
         self.after_header.store(false, Relaxed);
+        self.header_too_large.store(false, Relaxed);
     }
 
     pub fn header_done(&self) -> bool {
         self.header_done.load(Relaxed)
+    }
+
+    /// The last request's header was refused for its size (see [`MAX_REQUEST_HEADER`]).
+    pub fn header_too_large(&self) -> bool {
+        self.header_too_large.load(Relaxed)
     }
 
     /// Bytes followed the last request's header (so a pipelined request may be buffered).
@@ -124,6 +137,8 @@ impl HeaderScan {
 pub struct ClientSocket {
     client: Arc<Client>,
     scan: HeaderScan,
+    /// Bytes of the current request's header read so far (while it is tracked).
+    header_bytes: usize,
     /// Gathered writes, and how much of them has been sent.
     out: Vec<u8>,
     sent: usize,
@@ -136,24 +151,38 @@ impl ClientSocket {
         ClientSocket {
             client,
             scan: HeaderScan::default(),
+            header_bytes: 0,
             out: Vec::new(),
             sent: 0,
             closing: false,
         }
     }
 
-    fn saw(&mut self, bytes: &[u8]) {
+    /// Notes where the header ends; an error once the header is over [`MAX_REQUEST_HEADER`].
+    fn saw(&mut self, bytes: &[u8]) -> io::Result<()> {
         let c = &self.client;
         if c.header_done() {
             if !bytes.is_empty() {
                 c.after_header.store(true, Relaxed);
             }
-        } else if let Some(end) = self.scan.feed(bytes) {
+            return Ok(());
+        }
+        let end = self.scan.feed(bytes);
+        self.header_bytes += end.unwrap_or(bytes.len());
+        if self.header_bytes > MAX_REQUEST_HEADER {
+            c.header_too_large.store(true, Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request header over its size limit",
+            ));
+        }
+        if let Some(end) = end {
             c.header_done.store(true, Relaxed);
             if end < bytes.len() {
                 c.after_header.store(true, Relaxed);
             }
         }
+        Ok(())
     }
 }
 
@@ -198,8 +227,7 @@ impl AsyncRead for ClientSocket {
             }
         }
         let me = &mut *self;
-        me.saw(&buf.filled()[start..]);
-        Poll::Ready(Ok(()))
+        Poll::Ready(me.saw(&buf.filled()[start..]))
     }
 }
 
@@ -272,6 +300,11 @@ impl AsyncWrite for ClientSocket {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
         let me = &mut *self;
+        if me.client.header_too_large() {
+            // The connection's task answers 431 and closes; pingora, which saw only a failed
+            // read, must not end the stream first.
+            return Poll::Ready(Ok(()));
+        }
         if let Some(tls) = me.client.tls() {
             let mut session = tls?;
             if !me.closing {

@@ -54,6 +54,8 @@ use crate::tls::session::TlsSession;
 /// What a client whose header is too slow gets before the connection closes.
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+/// What a client whose header is too large gets before the connection closes.
+const HEADER_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// Timeouts of one http service.
 #[derive(Debug, Clone, Copy)]
@@ -294,13 +296,7 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
             biased;
             r = shared.proxy.process_new_http(session, &shared.shutdown) => r,
             () = header_expired(&client, header_deadline) => {
-                match client.tls() {
-                    Some(Ok(mut s)) => s.send_last(&client.tcp, REQUEST_TIMEOUT),
-                    Some(Err(_)) => {}
-                    None => {
-                        let _ = client.tcp.try_write(REQUEST_TIMEOUT);
-                    }
-                }
+                send_last(&client, REQUEST_TIMEOUT);
                 tracing::debug!(client = %conn.peer, "request header not complete within header_timeout: 408");
                 return;
             }
@@ -312,7 +308,50 @@ async fn serve(tcp: TcpStream, mut conn: Conn, mut ready: bool, shared: Arc<Shar
                 conn.settings = reused.consume().1;
                 conn.idle_since = Instant::now();
             }
-            None => return,
+            None => {
+                // pingora answers nothing to a read that failed; this one failed on purpose.
+                if client.header_too_large() {
+                    send_last(&client, HEADER_TOO_LARGE);
+                    tracing::debug!(client = %conn.peer, "request header over its size limit: 431");
+                    linger(&client).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// After a last answer to a client that may still be sending: closing with its bytes unread
+/// would reset the connection and could destroy the answer before the client reads it, so
+/// read and drop what comes for a bounded time and amount first (HAProxy's lingering close).
+async fn linger(client: &Client) {
+    const LINGER: Duration = Duration::from_secs(1);
+    const LINGER_BYTES: usize = 1024 * 1024;
+    let _ = socket2::SockRef::from(&client.tcp).shutdown(std::net::Shutdown::Write);
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, client.tcp.readable()).await {
+            Ok(Ok(())) => match client.tcp.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => left = left.saturating_sub(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            },
+            _ => return,
+        }
+    }
+}
+
+/// Writes a last answer (no wait: it fits an empty socket buffer) before the connection closes.
+fn send_last(client: &Client, answer: &[u8]) {
+    match client.tls() {
+        Some(Ok(mut s)) => s.send_last(&client.tcp, answer),
+        Some(Err(_)) => {}
+        None => {
+            // Not `try_write`, which gives up unless tokio has seen the socket writable.
+            let _ = socket2::SockRef::from(&client.tcp).send(answer);
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Route {
     /// One prepared peer per backend: a request clones it instead of building it.
     peers: Vec<HttpPeer>,
     keepalive_secs: u64,
+    /// The service's `idle_timeout`: also the longest a client may stall while sending a body
+    /// or reading a response (pingora's defaults: 60 s, and no limit on writes).
+    idle: Duration,
     /// The access log, unless the service opted out.
     log: Option<Arc<AccessLog>>,
 }
@@ -58,6 +61,7 @@ impl Route {
             .collect::<Result<_, _>>()?;
         Ok(Route {
             keepalive_secs: cfg.idle_timeout.as_secs().max(1),
+            idle: cfg.idle_timeout,
             log: log.filter(|_| cfg.access_log).cloned(),
             balancer,
             peers,
@@ -240,6 +244,9 @@ impl ProxyHttp for HttpService {
         ctx.routed = true;
         let r = &table.routes[route];
         session.set_keepalive(Some(r.keepalive_secs));
+        session.set_read_timeout(Some(r.idle));
+        session.set_write_timeout(Some(r.idle));
+        session.set_total_drain_timeout(Some(r.idle));
         if r.balancer.config().redirect_https {
             return match https_location(session.req_header()) {
                 Some(l) => respond(session, 301, &[(http::header::LOCATION, &l)]).await,
