@@ -111,7 +111,7 @@ weight = -1
 
 [[service]]
 name = "b"
-mode = "udp"
+mode = "sctp"
 listen = ["127.0.0.1:7000"]
 [[service.backend]]
 address = "127.0.0.1:5"
@@ -131,7 +131,7 @@ address = "127.0.0.1:5"
         "F:6:43: health_check.interval: invalid duration \"often\"",
         "F:8:11: backend address: invalid address \"localhost\": expected HOST:PORT",
         "F:11:10: weight: -1 is out of range 0..=256",
-        "F:15:8: mode: unknown mode \"udp\"",
+        "F:15:8: mode: unknown mode \"sctp\"",
         "F:22:10: duplicate listen address 127.0.0.1:7000 (already used by service \"b\" on line 16)",
     ];
     assert_eq!(e.len(), expect.len(), "{e:#?}");
@@ -496,4 +496,95 @@ address = "127.0.0.1:5"
     for (got, want) in e.iter().zip(expect) {
         assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
     }
+}
+
+#[test]
+fn udp_services_are_checked_at_their_lines() {
+    let cfg = r#"[[service]]
+name = "rds"
+listen = "127.0.0.1:7300"
+mode = "tcp"
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "u1"
+listen = "127.0.0.1:7300"
+mode = "udp"
+follow = "nope"
+header_timeout = "5s"
+connect_timeout = "1s"
+send_proxy = "v2"
+persistence = { key = "cookie:SRV" }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "u2"
+listen = "127.0.0.1:7301"
+mode = "udp"
+follow = "u2"
+retries = 2
+match = { hosts = ["a.example.com"] }
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "u3"
+listen = "127.0.0.1:7302"
+mode = "udp"
+follow = "u1"
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "t2"
+listen = "127.0.0.1:7303"
+mode = "tcp"
+follow = "rds"
+[[service.backend]]
+address = "127.0.0.1:5"
+
+[[service]]
+name = "u4"
+listen = "127.0.0.1:7302"
+mode = "udp"
+[[service.backend]]
+address = "127.0.0.1:5"
+"#;
+    let e = errors(cfg);
+    let expect = [
+        "F:12:10: follow: no service named \"nope\" in this file",
+        "F:13:18: header_timeout only applies to mode = \"http\"",
+        "F:14:19: connect_timeout does not apply to mode = \"udp\"",
+        "F:15:14: send_proxy does not apply to mode = \"udp\"",
+        "F:16:23: persistence.key: cookie persistence needs mode = \"http\"",
+        "F:24:10: follow: service \"u2\" cannot follow itself",
+        "F:25:11: retries does not apply to mode = \"udp\"",
+        "F:26:9: match does not apply to mode = \"udp\"",
+        // Two udp services on one address: as two tcp services would be.
+        "F:32:10: listen address 127.0.0.1:7302 is shared with service \"u3\" (line 32); only http services can share an address",
+        "F:34:10: follow: service \"u1\" (line 8) is a udp service",
+        "F:42:10: follow only applies to mode = \"udp\"",
+        "F:48:10: duplicate listen address 127.0.0.1:7302 (already used by service \"u3\" on line 32)",
+        "F:48:10: listen address 127.0.0.1:7302 is shared with service \"u3\" (line 32)",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+    }
+}
+
+#[test]
+fn udp_services_show_in_the_summary() {
+    let (_d, path) = write_config(
+        "[[service]]\nname = \"rds\"\nmode = \"tcp\"\nlisten = \"127.0.0.1:7400\"\n[[service.backend]]\naddress = \"127.0.0.1:5\"\n\n[[service]]\nname = \"rds-udp\"\nmode = \"udp\"\nlisten = \"127.0.0.1:7400\"\nfollow = \"rds\"\nidle_timeout = \"2m\"\nmax_connections = 500\n[[service.backend]]\naddress = \"127.0.0.1:5\"\n",
+    );
+    let (code, out, err) = check(&path);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rds-udp [udp] listen 127.0.0.1:7400"), "{out}");
+    assert!(
+        out.contains("flows end after 2m idle, at most 500 at once, following service rds"),
+        "{out}"
+    );
 }

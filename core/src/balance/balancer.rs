@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use pingora::http::ResponseHeader;
 
+use super::follow::Leads;
 use super::hooks::{
     HealthCheck, HealthReport, KeyOutcome, PersistenceKey, Pick, Request, SelectServer,
 };
@@ -151,6 +152,10 @@ pub struct Balancer {
     no_backend_log: Arc<crate::observe::logging::RateLimit>,
     metrics: Arc<Metrics>,
     key: CookieKey,
+    /// Some service follows this one: each decision is written here (client IP, backend IP).
+    leads: Option<Arc<Leads>>,
+    /// `follow`: the table of the followed service's decisions.
+    follows: Option<Arc<Leads>>,
 }
 
 impl Balancer {
@@ -289,6 +294,8 @@ impl Balancer {
             counters,
             metrics: metrics.clone(),
             key,
+            leads: super::follow::written_by(config, index),
+            follows: super::follow::read_by(config, index),
         })
     }
 
@@ -328,6 +335,8 @@ impl Balancer {
             no_backend_log: self.no_backend_log.clone(),
             metrics: self.metrics.clone(),
             key: self.key.clone(),
+            leads: self.leads.clone(),
+            follows: self.follows.clone(),
         }
     }
 
@@ -466,7 +475,12 @@ impl Balancer {
             _ => (self.select(req, avoid), Persisted::None),
         };
         match chosen {
-            Some(i) => self.counters[i].selected.inc(),
+            Some(i) => {
+                self.counters[i].selected.inc();
+                if let (Some(leads), Some(c)) = (&self.leads, req.client) {
+                    leads.insert(c.ip(), self.pool.get(i).address.ip());
+                }
+            }
             None => {
                 self.service.no_backend.inc();
                 if self.no_backend_log.allow() {
@@ -484,6 +498,16 @@ impl Balancer {
             self.service.persistence[k].inc();
         }
         (chosen, persisted)
+    }
+
+    /// `follow`: the backend on the host the followed service last sent `client` to, if it
+    /// is one of this service's and available.
+    pub fn followed(&self, client: std::net::IpAddr) -> Option<usize> {
+        let host = self.follows.as_ref()?.get(&client)?;
+        self.pool
+            .backends()
+            .iter()
+            .position(|b| b.address.ip() == host && b.available())
     }
 
     /// The service's metric handles.

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod balancer;
+pub mod follow;
 pub mod hooks;
 pub mod identity;
 pub mod persistence;

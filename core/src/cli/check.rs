@@ -43,6 +43,18 @@ pub fn summary(cfg: &Config) {
                 if p.shared { " shared" } else { "" }
             );
         }
+        if s.mode == crate::config::Mode::Udp {
+            let _ = writeln!(
+                out,
+                "    flows end after {} idle, at most {} at once{}",
+                humantime::format_duration(s.idle_timeout),
+                crate::proxy::udp::max_flows(s.max_connections),
+                match &s.follow {
+                    Some(f) => format!(", following service {f}"),
+                    None => String::new(),
+                }
+            );
+        }
         if let Some(t) = &s.tls {
             let _ = writeln!(
                 out,

@@ -174,7 +174,7 @@ fn key_kind(
         if !valid_token(n) {
             r.err(span, format!("persistence.key: invalid cookie name {n:?}"));
             None
-        } else if mode == Mode::Tcp {
+        } else if mode != Mode::Http {
             r.err(
                 span,
                 "persistence.key: cookie persistence needs mode = \"http\"",
@@ -187,7 +187,7 @@ fn key_kind(
         if !valid_token(n) {
             r.err(span, format!("persistence.key: invalid header name {n:?}"));
             None
-        } else if mode == Mode::Tcp {
+        } else if mode != Mode::Http {
             r.err(
                 span,
                 "persistence.key: header persistence needs mode = \"http\"",

@@ -21,16 +21,19 @@ pub(super) struct Seen {
     /// Index into the validated services, when the service validated.
     pub typed: Option<usize>,
     pub certs: Vec<Loaded>,
+    /// `mode = "udp"`: its addresses are datagram sockets, apart from tcp ones (a udp and a
+    /// tcp service may listen on the same address and port, as RDP does on 3389).
+    pub udp: bool,
 }
 
 /// Reports every address conflict, and warns about uncovered host names.
 pub(super) fn check_sharing(r: &mut Reporter, seen: &[Seen], services: &[ServiceConfig]) {
-    let mut by_addr: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
-    let mut order: Vec<SocketAddr> = Vec::new();
+    let mut by_addr: HashMap<(SocketAddr, bool), Vec<usize>> = HashMap::new();
+    let mut order: Vec<(SocketAddr, bool)> = Vec::new();
     for (i, s) in seen.iter().enumerate() {
         for a in &s.addrs {
-            let v = by_addr.entry(*a).or_insert_with(|| {
-                order.push(*a);
+            let v = by_addr.entry((*a, s.udp)).or_insert_with(|| {
+                order.push((*a, s.udp));
                 Vec::new()
             });
             if !v.contains(&i) {
@@ -38,8 +41,9 @@ pub(super) fn check_sharing(r: &mut Reporter, seen: &[Seen], services: &[Service
             }
         }
     }
-    for addr in order {
-        let on = &by_addr[&addr];
+    for key in order {
+        let on = &by_addr[&key];
+        let addr = key.0;
         if on.len() < 2 {
             continue;
         }
@@ -120,7 +124,7 @@ fn uncovered_hosts(
     r: &mut Reporter,
     seen: &[Seen],
     services: &[ServiceConfig],
-    by_addr: &HashMap<SocketAddr, Vec<usize>>,
+    by_addr: &HashMap<(SocketAddr, bool), Vec<usize>>,
 ) {
     for s in seen {
         let (Some(t), Some(span)) = (s.typed, &s.match_span) else {
@@ -133,7 +137,7 @@ fn uncovered_hosts(
         let certs: Vec<&Loaded> = s
             .addrs
             .iter()
-            .flat_map(|a| by_addr.get(a).into_iter().flatten())
+            .flat_map(|a| by_addr.get(&(*a, s.udp)).into_iter().flatten())
             .flat_map(|&j| seen[j].certs.iter())
             .collect();
         for host in &route.hosts {

@@ -89,6 +89,11 @@ impl Config {
                 match_span: s.get_ref().route.as_ref().map(|m| m.span()),
                 typed: None,
                 certs: Vec::new(),
+                udp: s
+                    .get_ref()
+                    .mode
+                    .as_ref()
+                    .is_some_and(|m| m.get_ref() == "udp"),
             };
             let mut refs = Vec::new();
             let validated = service::validate(
@@ -116,6 +121,7 @@ impl Config {
             seen.push(seen_now);
         }
         listen::check_sharing(&mut r, &seen, &services);
+        follow_rules(&mut r, &file.service);
         if let (Some(m), Some(addr)) = (raw_proxy.and_then(|p| p.metrics.as_ref()), proxy.metrics) {
             if let Some(other) = seen.iter().find(|s| s.addrs.contains(&addr)) {
                 let line = r.line(other.listen_span.start);
@@ -161,6 +167,46 @@ impl Config {
             })
         } else {
             Err(ConfigErrors(r.errors))
+        }
+    }
+}
+
+/// `follow = "<service>"`: the service exists, is not the one that follows, and balances
+/// tcp or http connections (their decisions are the ones a flow follows).
+fn follow_rules(r: &mut report::Reporter, services: &[toml::Spanned<raw::Service>]) {
+    for s in services {
+        let Some(f) = &s.get_ref().follow else {
+            continue;
+        };
+        let target = f.get_ref();
+        let me = s.get_ref().name.get_ref();
+        if target == me {
+            r.err(
+                f.span(),
+                format!("follow: service {me:?} cannot follow itself"),
+            );
+            continue;
+        }
+        let Some(other) = services
+            .iter()
+            .find(|o| o.get_ref().name.get_ref() == target)
+        else {
+            r.err(
+                f.span(),
+                format!("follow: no service named {target:?} in this file"),
+            );
+            continue;
+        };
+        let mode = other.get_ref().mode.as_ref().map(|m| m.get_ref().as_str());
+        if mode == Some("udp") {
+            let line = r.line(other.span().start);
+            r.err(
+                f.span(),
+                format!(
+                    "follow: service {target:?} (line {line}) is a udp service; follow a tcp or \
+                     http service, whose connections lead"
+                ),
+            );
         }
     }
 }

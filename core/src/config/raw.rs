@@ -81,6 +81,7 @@ pub struct Service {
     pub accept_proxy: Option<Spanned<bool>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub send_proxy: Option<Spanned<String>>,
+    pub follow: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

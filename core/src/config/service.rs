@@ -42,10 +42,11 @@ pub(super) fn validate(
         Some(m) => match m.get_ref().as_str() {
             "http" => Mode::Http,
             "tcp" => Mode::Tcp,
+            "udp" => Mode::Udp,
             other => {
                 r.err(
                     m.span(),
-                    format!("mode: unknown mode {other:?}; expected \"http\" or \"tcp\""),
+                    format!("mode: unknown mode {other:?}; expected \"http\", \"tcp\" or \"udp\""),
                 );
                 Mode::Http
             }
@@ -93,12 +94,22 @@ pub(super) fn validate(
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let idle_timeout = r
         .positive_duration(&s.idle_timeout, "idle_timeout")
-        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        .unwrap_or(match mode {
+            Mode::Udp => DEFAULT_UDP_IDLE_TIMEOUT,
+            _ => DEFAULT_IDLE_TIMEOUT,
+        });
     let header_timeout = r
         .positive_duration(&s.header_timeout, "header_timeout")
         .unwrap_or(DEFAULT_HEADER_TIMEOUT);
-    if let (Some(v), Mode::Tcp) = (&s.header_timeout, mode) {
+    if let (Some(v), Mode::Tcp | Mode::Udp) = (&s.header_timeout, mode) {
         r.err(v.span(), "header_timeout only applies to mode = \"http\"");
+    }
+    if mode == Mode::Udp {
+        udp_refusals(r, s);
+    }
+    let follow = s.follow.as_ref().map(|f| f.get_ref().clone());
+    if let (Some(f), false) = (&s.follow, mode == Mode::Udp) {
+        r.err(f.span(), "follow only applies to mode = \"udp\"");
     }
     let inspect_timeout = r
         .duration(&s.inspect_timeout, "inspect_timeout")
@@ -153,7 +164,54 @@ pub(super) fn validate(
         access_log: s.access_log.as_ref().is_none_or(|v| *v.get_ref()),
         accept_proxy,
         send_proxy,
+        follow,
     })
+}
+
+/// Keys of tcp or http mode that mean nothing for datagrams, refused at their lines.
+fn udp_refusals(r: &mut Reporter, s: &raw::Service) {
+    let mut refuse = |span: Option<Range<usize>>, what: &str, why: &str| {
+        if let Some(span) = span {
+            r.err(
+                span,
+                format!("{what} does not apply to mode = \"udp\"{why}"),
+            );
+        }
+    };
+    refuse(
+        s.connect_timeout.as_ref().map(|v| v.span()),
+        "connect_timeout",
+        " (nothing is connected: a flow's first datagram is sent at once)",
+    );
+    refuse(
+        s.inspect_timeout.as_ref().map(|v| v.span()),
+        "inspect_timeout",
+        " (a persistence plugin reads the flow's first datagram)",
+    );
+    refuse(
+        s.retries.as_ref().map(|v| v.span()),
+        "retries",
+        " (a datagram cannot tell that its backend failed)",
+    );
+    refuse(
+        s.accept_proxy.as_ref().map(|v| v.span()),
+        "accept_proxy",
+        "",
+    );
+    refuse(
+        s.trusted_proxies.as_ref().map(|v| v.span()),
+        "trusted_proxies",
+        "",
+    );
+    refuse(s.send_proxy.as_ref().map(|v| v.span()), "send_proxy", "");
+    refuse(s.backend_tls.as_ref().map(|v| v.span()), "backend_tls", "");
+    refuse(s.tls.as_ref().map(|v| v.span()), "tls", "");
+    refuse(
+        s.certificate.first().map(|v| v.span()),
+        "[[service.certificate]]",
+        " (no TLS over datagrams)",
+    );
+    refuse(s.route.as_ref().map(|v| v.span()), "match", "");
 }
 
 /// `accept_proxy`, `trusted_proxies` (addresses or CIDR blocks) and `send_proxy`.

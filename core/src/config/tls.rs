@@ -38,7 +38,7 @@ pub(super) fn termination(
     }
     let default_alpn: &[&str] = match mode {
         Mode::Http => &HTTP_ALPN,
-        Mode::Tcp => &[],
+        Mode::Tcp | Mode::Udp => &[],
     };
     let mut min_version = TlsVersion::V12;
     let mut alpn: Vec<String> = default_alpn.iter().map(|s| s.to_string()).collect();
@@ -58,7 +58,7 @@ pub(super) fn termination(
             for p in a.get_ref() {
                 let ok = match mode {
                     Mode::Http => HTTP_ALPN.contains(&p.as_str()),
-                    Mode::Tcp => !p.is_empty() && p.len() < 256 && p.is_ascii(),
+                    Mode::Tcp | Mode::Udp => !p.is_empty() && p.len() < 256 && p.is_ascii(),
                 };
                 if !ok {
                     r.err(

@@ -16,6 +16,10 @@ pub use crate::tls::certs::CertSource;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default for `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
+/// udp: a flow with no datagram either way for this long ends.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// udp: flows of one service at once when `max_connections` is not set.
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
 /// Default for `header_timeout` (HAProxy's `timeout http-request` is usually 10 s).
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `inspect_timeout` (HAProxy's usual `tcp-request inspect-delay`).
@@ -88,6 +92,8 @@ pub struct BackendTls {
 pub enum Mode {
     Http,
     Tcp,
+    /// Datagrams, balanced per flow (client address and port).
+    Udp,
 }
 
 impl Mode {
@@ -95,6 +101,7 @@ impl Mode {
         match self {
             Mode::Http => "http",
             Mode::Tcp => "tcp",
+            Mode::Udp => "udp",
         }
     }
 }
@@ -438,6 +445,8 @@ pub struct ServiceConfig {
     pub accept_proxy: Option<AcceptProxy>,
     /// Backend connections begin with a PROXY header carrying the client's address.
     pub send_proxy: Option<ProxyVersion>,
+    /// udp: the service whose balancing decisions (client IP to backend host) lead this one's.
+    pub follow: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,6 +42,17 @@ pub const TCP_ENDS: [&str; 6] = [
     "no_backend",
     "tls_error",
 ];
+/// Why a UDP datagram was dropped, in the order of [`ServiceCounters::udp_dropped`]:
+/// a new flow over the service's flow limit, no backend available, the flow's socket could
+/// not be made, a send that would block (socket buffer full) or failed.
+pub const UDP_DROPS: [&str; 4] = ["flow_limit", "no_backend", "socket_error", "send_failed"];
+/// Index of each reason in [`UDP_DROPS`].
+pub mod udp_drop {
+    pub const FLOW_LIMIT: usize = 0;
+    pub const NO_BACKEND: usize = 1;
+    pub const SOCKET_ERROR: usize = 2;
+    pub const SEND_FAILED: usize = 3;
+}
 /// Persistence outcomes counted, in the order of [`ServiceCounters::persistence`].
 const LOOKUPS: [&str; 3] = ["hit", "new", "rebalanced"];
 /// The plugin hooks, in the order of `Hook as usize` (see [`PluginMetrics`]).
@@ -61,6 +72,10 @@ pub struct Metrics {
     ttfb: HistogramVec,
     retries: IntCounterVec,
     tcp_connections: IntCounterVec,
+    udp_flows: IntCounterVec,
+    udp_flows_active: IntGaugeVec,
+    udp_datagrams: IntCounterVec,
+    udp_dropped: IntCounterVec,
     lookups: IntCounterVec,
     evictions: IntCounterVec,
     check_duration: HistogramVec,
@@ -144,6 +159,14 @@ pub struct ServiceCounters {
     pub retries: IntCounter,
     /// TCP connections, by how they ended.
     pub tcp_ends: [IntCounter; 6],
+    /// UDP flows started.
+    pub udp_flows: IntCounter,
+    /// UDP flows open now (counted up and down as they start and end).
+    pub udp_active: IntGauge,
+    /// UDP datagrams relayed: from clients (in), to clients (out).
+    pub udp_datagrams: [IntCounter; 2],
+    /// UDP datagrams dropped, by reason (in the order of [`UDP_DROPS`]).
+    pub udp_dropped: [IntCounter; 4],
     /// Persistence lookups: hit, new, rebalanced.
     pub persistence: [IntCounter; 3],
     pub evictions: IntCounter,
@@ -323,6 +346,26 @@ impl Metrics {
                 "TCP connections, by how they ended",
                 &["service", "end"],
             ),
+            udp_flows: counter(
+                "plugboard_udp_flows_total",
+                "UDP flows (client address and port) balanced",
+                &["service"],
+            ),
+            udp_flows_active: gauge(
+                "plugboard_udp_flows_active",
+                "UDP flows open now",
+                &["service"],
+            ),
+            udp_datagrams: counter(
+                "plugboard_udp_datagrams_total",
+                "UDP datagrams relayed, from clients (in) and to clients (out)",
+                &["service", "direction"],
+            ),
+            udp_dropped: counter(
+                "plugboard_udp_dropped_total",
+                "UDP datagrams dropped, by reason",
+                &["service", "reason"],
+            ),
             lookups: counter(
                 "plugboard_persistence_lookups_total",
                 "Persistence decisions: hit (pin or named backend used), new (pinned now), rebalanced (pinned backend unavailable)",
@@ -466,6 +509,11 @@ impl Metrics {
             ttfb: self.ttfb.with_label_values(&s),
             retries: self.retries.with_label_values(&s),
             tcp_ends: TCP_ENDS.map(|e| self.tcp_connections.with_label_values(&[service, e])),
+            udp_flows: self.udp_flows.with_label_values(&s),
+            udp_active: self.udp_flows_active.with_label_values(&s),
+            udp_datagrams: ["in", "out"]
+                .map(|d| self.udp_datagrams.with_label_values(&[service, d])),
+            udp_dropped: UDP_DROPS.map(|r| self.udp_dropped.with_label_values(&[service, r])),
             persistence: LOOKUPS.map(|r| self.lookups.with_label_values(&[service, r])),
             evictions: self.evictions.with_label_values(&s),
             check_duration: self.check_duration.with_label_values(&s),

@@ -261,7 +261,7 @@ impl HookSource for Registry {
     ) -> Result<Box<dyn PersistenceKey>, String> {
         Ok(Box::new(PluginKey {
             binding: self.bind(cfg, service, name)?,
-            tcp: cfg.services[service].mode == Mode::Tcp,
+            tcp: cfg.services[service].mode != Mode::Http,
         }))
     }
 

@@ -30,11 +30,40 @@ use crate::io::listener::stopping;
 use crate::observe::metrics::Metrics;
 use crate::proxy::http::listener::HttpListener;
 use crate::proxy::tcp::TcpListenerUnit;
+use crate::proxy::udp::UdpListenerUnit;
 
 /// The listener of one address.
 pub enum Unit {
     Http(HttpListener),
     Tcp(TcpListenerUnit),
+    Udp(UdpListenerUnit),
+}
+
+/// A listening address with its protocol: a udp service may listen on the address and port
+/// of a tcp or http one (RDP's 3389).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub udp: bool,
+}
+
+impl Endpoint {
+    pub fn tcp(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, udp: false }
+    }
+
+    pub fn udp(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, udp: true }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.udp {
+            true => write!(f, "udp {}", self.addr),
+            false => write!(f, "{}", self.addr),
+        }
+    }
 }
 
 impl Unit {
@@ -43,14 +72,19 @@ impl Unit {
         Ok(match self {
             Unit::Http(l) => l.split(n)?.into_iter().map(Unit::Http).collect(),
             Unit::Tcp(l) => l.split(n)?.into_iter().map(Unit::Tcp).collect(),
+            Unit::Udp(l) => l.split(n)?.into_iter().map(Unit::Udp).collect(),
         })
+    }
+
+    fn is_udp(&self) -> bool {
+        matches!(self, Unit::Udp(_))
     }
 }
 
 enum Command {
     Start(SocketAddr, Unit),
     /// Stop accepting on the address; the sender is told once its socket is closed.
-    Stop(SocketAddr, oneshot::Sender<()>),
+    Stop(Endpoint, oneshot::Sender<()>),
 }
 
 /// The listeners, as a pingora service.
@@ -94,8 +128,8 @@ impl FrontendsHandle {
     }
 
     /// Stops the listener of `addr` and waits until its socket is closed (connections it
-    /// accepted carry on).
-    pub async fn stop(&self, addr: SocketAddr) {
+    /// accepted carry on; a udp listener's flows end).
+    pub async fn stop(&self, addr: Endpoint) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Command::Stop(addr, done)).is_ok() {
             let _ = wait.await;
@@ -121,7 +155,10 @@ fn spawn(
 ) -> Running {
     let (stop, stopped) = watch::channel(false);
     let tally = Tally::default();
-    metrics.add_listener(addr, tally.counts());
+    if !unit.is_udp() {
+        // udp flows are counted by the service's own metrics.
+        metrics.add_listener(addr, tally.counts());
+    }
     let (closed, on_closed) = oneshot::channel();
     let workers = match unit.split(threads) {
         Ok(w) => w,
@@ -161,6 +198,7 @@ fn spawn(
                     match unit {
                         Unit::Http(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
                         Unit::Tcp(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
+                        Unit::Udp(l) => l.run(shutdown.clone(), stopped, tally.clone()).await,
                     }
                     closed.one_done();
                     // Stopped by a reload: the connections finish on their runtimes.
@@ -216,16 +254,26 @@ impl Service for Frontends {
         };
         let threads = self.threads;
         let metrics = self.metrics.clone();
-        let mut running: HashMap<SocketAddr, Running> = HashMap::new();
+        let mut running: HashMap<Endpoint, Running> = HashMap::new();
+        let key = |addr, unit: &Unit| Endpoint {
+            addr,
+            udp: unit.is_udp(),
+        };
         for (addr, unit) in self.initial.drain(..) {
-            running.insert(addr, spawn(addr, unit, threads, &shutdown, &metrics));
+            running.insert(
+                key(addr, &unit),
+                spawn(addr, unit, threads, &shutdown, &metrics),
+            );
         }
         let mut open = true;
         loop {
             tokio::select! {
                 c = commands.recv(), if open => match c {
                     Some(Command::Start(addr, unit)) => {
-                        running.insert(addr, spawn(addr, unit, threads, &shutdown, &metrics));
+                        running.insert(
+                            key(addr, &unit),
+                            spawn(addr, unit, threads, &shutdown, &metrics),
+                        );
                     }
                     Some(Command::Stop(addr, done)) => match running.remove(&addr) {
                         Some((stop, closed)) => {

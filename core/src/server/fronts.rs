@@ -17,6 +17,7 @@ use crate::observe::access_log::AccessLog;
 use crate::proxy::http::listener::{HttpHandle, HttpListener, Settings, Timeouts};
 use crate::proxy::http::phases::{HttpService, Route, Routes};
 use crate::proxy::tcp::{Conns, Target, TcpListenerUnit};
+use crate::proxy::udp::{self, UdpListenerUnit, UdpTarget};
 use crate::tls;
 use crate::tls::server::CertStore;
 
@@ -40,11 +41,29 @@ pub struct TcpFront {
     pub limits: Arc<ArcSwap<Limits>>,
 }
 
+/// A running udp service, shared by its listen addresses.
+#[derive(Clone)]
+pub struct UdpFront {
+    pub service: String,
+    pub addrs: Vec<SocketAddr>,
+    pub target: Arc<UdpTarget>,
+    pub limits: Arc<ArcSwap<Limits>>,
+}
+
 /// Every front end of the process.
 #[derive(Default)]
 pub struct Fronts {
     pub http: Vec<HttpFront>,
     pub tcp: Vec<TcpFront>,
+    pub udp: Vec<UdpFront>,
+}
+
+/// What one udp service should serve.
+pub struct UdpPlan {
+    pub service: String,
+    pub addrs: Vec<SocketAddr>,
+    pub balancer: Arc<Balancer>,
+    pub limits: Limits,
 }
 
 /// What one http address should serve.
@@ -68,6 +87,7 @@ pub struct TcpPlan {
 pub struct Plan {
     pub http: Vec<HttpPlan>,
     pub tcp: Vec<TcpPlan>,
+    pub udp: Vec<UdpPlan>,
     pub certs: Vec<Arc<CertStore>>,
 }
 
@@ -120,6 +140,22 @@ pub fn plan(
             },
         });
     }
+    let mut udp = Vec::new();
+    for b in balancers.iter().filter(|b| b.config().mode == Mode::Udp) {
+        let s = b.config();
+        // A udp service always has a flow limit (each flow holds a socket).
+        let mut bounded = s.clone();
+        bounded.max_connections = Some(udp::max_flows(s.max_connections));
+        udp.push(UdpPlan {
+            service: s.name.clone(),
+            addrs: s.listen.clone(),
+            balancer: b.clone(),
+            limits: Limits {
+                service: limits.get(&bounded, &mut next),
+                process: process.clone(),
+            },
+        });
+    }
     let mut http = Vec::new();
     // One listener per http address, serving every service that listens there.
     for (addr, on) in http_addresses(balancers) {
@@ -161,7 +197,12 @@ pub fn plan(
         });
     }
     *limits = next;
-    Ok(Plan { http, tcp, certs })
+    Ok(Plan {
+        http,
+        tcp,
+        udp,
+        certs,
+    })
 }
 
 impl HttpPlan {
@@ -184,6 +225,24 @@ impl TcpPlan {
             conns: Conns::new(self.target),
             limits: Arc::new(ArcSwap::from_pointee(self.limits)),
         }
+    }
+}
+
+impl UdpPlan {
+    pub fn into_front(self) -> UdpFront {
+        UdpFront {
+            service: self.service,
+            addrs: self.addrs,
+            target: UdpTarget::new(self.balancer),
+            limits: Arc::new(ArcSwap::from_pointee(self.limits)),
+        }
+    }
+}
+
+impl UdpFront {
+    pub fn bind(&self, addr: SocketAddr) -> Result<Unit, String> {
+        let name = format!("{} (udp {addr})", self.service);
+        UdpListenerUnit::bind(name, addr, self.target.clone(), self.limits.clone()).map(Unit::Udp)
     }
 }
 

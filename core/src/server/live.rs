@@ -2,7 +2,7 @@
 //!
 //! A change to a service (a backend added or removed at run time) builds the service's next
 //! [`Balancer`] and installs it everywhere at once: in the route table of every http address
-//! that serves it, in its tcp listener, in the list the health checks, metrics and admin API
+//! that serves it, in its tcp or udp listener, in the list the health checks, metrics and admin API
 //! read. Requests and connections already running keep the version they started with. A
 //! reload (`reload.rs`) replaces all of it the same way.
 
@@ -150,6 +150,9 @@ impl Live {
         let mut tcp = Vec::new();
         for f in st.fronts.tcp.iter().filter(|f| f.service == service) {
             tcp.push((f, f.conns.target().with_balancer(new.clone())?));
+        }
+        for f in st.fronts.udp.iter().filter(|f| f.service == service) {
+            f.target.set(new.clone());
         }
         for (f, routes) in http {
             f.routes.store(Arc::new(routes));

@@ -151,6 +151,13 @@ impl Built {
             }
             running.tcp.push(f);
         }
+        for p in plan.udp {
+            let f = p.into_front();
+            for a in &f.addrs {
+                frontends.add(*a, f.bind(*a)?);
+            }
+            running.udp.push(f);
+        }
         server.add_service(frontends);
         let cert_watcher = match plan.certs.is_empty() {
             true => None,

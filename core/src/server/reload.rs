@@ -23,8 +23,8 @@ use crate::config::Config;
 use crate::plugin::registry::Registry;
 use crate::tls;
 
-use super::frontends::Unit;
-use super::fronts::{self, Fronts, HttpFront, HttpPlan, TcpFront};
+use super::frontends::{Endpoint, Unit};
+use super::fronts::{self, Fronts, HttpFront, HttpPlan, TcpFront, UdpFront};
 use super::live::Live;
 
 /// What a reload did, as the admin API answers it.
@@ -44,7 +44,7 @@ pub struct Reloaded {
 /// The part of a reload left after it installed everything: addresses to release, and those
 /// to bind again once released.
 pub struct Pending {
-    stop: Vec<SocketAddr>,
+    stop: Vec<Endpoint>,
     moved: Vec<Moved>,
     report: Reloaded,
 }
@@ -52,6 +52,7 @@ pub struct Pending {
 enum Moved {
     Http(HttpFront),
     Tcp(TcpFront, SocketAddr),
+    Udp(UdpFront, SocketAddr),
 }
 
 impl Live {
@@ -108,7 +109,14 @@ impl Live {
             .flat_map(|f| f.addrs.iter().map(|a| (*a, f.service.as_str())))
             .collect();
         let mut next = Fronts::default();
+        let old_udp: HashMap<SocketAddr, &str> = st
+            .fronts
+            .udp
+            .iter()
+            .flat_map(|f| f.addrs.iter().map(|a| (*a, f.service.as_str())))
+            .collect();
         let mut start: Vec<(SocketAddr, Unit)> = Vec::new();
+        let mut swap_udp = Vec::new();
         let mut moved = Vec::new();
         let mut swap_http = Vec::new();
         let mut swap_tcp = Vec::new();
@@ -171,6 +179,32 @@ impl Live {
             }
             next.tcp.push(f);
         }
+        for p in plan.udp {
+            let f = match st.fronts.udp.iter().find(|f| f.service == p.service) {
+                Some(old) => {
+                    let f = UdpFront {
+                        service: p.service,
+                        addrs: p.addrs,
+                        target: old.target.clone(),
+                        limits: old.limits.clone(),
+                    };
+                    swap_udp.push((f.clone(), p.balancer, p.limits));
+                    f
+                }
+                None => p.into_front(),
+            };
+            for &a in &f.addrs {
+                if old_udp.get(&a) == Some(&f.service.as_str()) {
+                    continue;
+                }
+                if old_udp.contains_key(&a) {
+                    moved.push(Moved::Udp(f.clone(), a));
+                } else {
+                    start.push((a, f.bind(a).map_err(one)?));
+                }
+            }
+            next.udp.push(f);
+        }
         let kept = |a: &SocketAddr, service: Option<&str>| match service {
             None => next.http.iter().any(|f| f.addr == *a),
             Some(s) => next
@@ -178,7 +212,7 @@ impl Live {
                 .iter()
                 .any(|f| f.service == s && f.addrs.contains(a)),
         };
-        let stop: Vec<SocketAddr> = old_http
+        let stop: Vec<Endpoint> = old_http
             .keys()
             .filter(|a| !kept(a, None))
             .chain(
@@ -188,6 +222,18 @@ impl Live {
                     .map(|(a, _)| a),
             )
             .copied()
+            .map(Endpoint::tcp)
+            .chain(
+                old_udp
+                    .iter()
+                    .filter(|(a, s)| {
+                        !next
+                            .udp
+                            .iter()
+                            .any(|f| f.service == **s && f.addrs.contains(a))
+                    })
+                    .map(|(a, _)| Endpoint::udp(*a)),
+            )
             .collect();
         if let Some(r) = &registry {
             r.warm();
@@ -210,8 +256,18 @@ impl Live {
             f.conns.set_target(target);
             f.limits.store(Arc::new(limits));
         }
+        for (f, balancer, limits) in swap_udp {
+            f.target.set(balancer);
+            f.limits.store(Arc::new(limits));
+        }
         let services = cfg.services.iter().map(|s| s.name.clone()).collect();
-        let listening = start.iter().map(|(a, _)| a.to_string()).collect();
+        let listening = start
+            .iter()
+            .map(|(a, u)| match u {
+                Unit::Udp(_) => Endpoint::udp(*a).to_string(),
+                _ => a.to_string(),
+            })
+            .collect();
         self.set_services(balancers);
         for (addr, unit) in start {
             self.ctx.frontends.start(addr, unit);
@@ -243,12 +299,13 @@ impl Live {
         }
         for m in p.moved {
             let (addr, unit) = match &m {
-                Moved::Http(f) => (f.addr, f.bind(&self.ctx.conf)),
-                Moved::Tcp(f, a) => (*a, f.bind(*a)),
+                Moved::Http(f) => (Endpoint::tcp(f.addr), f.bind(&self.ctx.conf)),
+                Moved::Tcp(f, a) => (Endpoint::tcp(*a), f.bind(*a)),
+                Moved::Udp(f, a) => (Endpoint::udp(*a), f.bind(*a)),
             };
             match unit {
                 Ok(u) => {
-                    self.ctx.frontends.start(addr, u);
+                    self.ctx.frontends.start(addr.addr, u);
                     report.listening.push(addr.to_string());
                 }
                 Err(e) => {
