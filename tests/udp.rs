@@ -380,25 +380,26 @@ async fn source_ip_persistence_holds_across_client_ports() {
     assert_eq!(used.len(), 3, "{used:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_sends_the_flow_to_the_host_of_the_tcp_session() {
-    let hosts = [
-        IpAddr::from([127, 0, 0, 11]),
-        IpAddr::from([127, 0, 0, 12]),
-        IpAddr::from([127, 0, 0, 13]),
-    ];
+/// A tcp service "rds" (with `tcp_extra`) over one TCP backend on each of `hosts`, and a udp
+/// service following it (round robin otherwise) over one UDP echo on each of the same hosts.
+/// Returns the backends, the tcp listen address (the udp one has the same port on localhost)
+/// and the running proxy.
+async fn follow_setup(
+    hosts: &[IpAddr],
+    tcp_extra: &str,
+) -> (Vec<TcpBackend>, Vec<UdpEcho>, SocketAddr, Proxy) {
     let tcp_port = free_addr().port();
     let udp_port = free_udp_port(hosts[0]);
     let mut tcp_backends = Vec::new();
     let mut udp_backends = Vec::new();
-    for h in hosts {
+    for &h in hosts {
         tcp_backends.push(TcpBackend::start_on(SocketAddr::new(h, tcp_port)).await);
         udp_backends.push(UdpEcho::start_on(SocketAddr::new(h, udp_port)).await);
     }
     let tcp_listen = free_addr();
     let udp_listen = SocketAddr::new(localhost(), tcp_listen.port());
     let mut services = format!(
-        "[[service]]\nname = \"rds\"\nlisten = \"{tcp_listen}\"\nmode = \"tcp\"\nscheduler = \"least_connections\"\n"
+        "[[service]]\nname = \"rds\"\nlisten = \"{tcp_listen}\"\nmode = \"tcp\"\n{tcp_extra}\n"
     );
     for b in &tcp_backends {
         services.push_str(&format!("[[service.backend]]\naddress = \"{}\"\n", b.addr));
@@ -411,7 +412,21 @@ async fn follow_sends_the_flow_to_the_host_of_the_tcp_session() {
         "scheduler = \"round_robin\"\nfollow = \"rds\"",
         &udp_backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
     ));
-    let _p = Proxy::start(&config(free_addr(), &services), tcp_listen).await;
+    let p = Proxy::start(&config(free_addr(), &services), tcp_listen).await;
+    (tcp_backends, udp_backends, tcp_listen, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_sends_the_flow_to_the_host_of_the_tcp_session() {
+    let hosts = [
+        IpAddr::from([127, 0, 0, 11]),
+        IpAddr::from([127, 0, 0, 12]),
+        IpAddr::from([127, 0, 0, 13]),
+    ];
+    let (_tcp_backends, udp_backends, tcp_listen, _p) =
+        follow_setup(&hosts, "scheduler = \"least_connections\"").await;
+    let udp_listen = SocketAddr::new(localhost(), tcp_listen.port());
+    let udp_port = udp_backends[0].addr.port();
     let mut sessions = Vec::new();
     let mut hosts_used = HashMap::<IpAddr, usize>::new();
     for n in 51..63u8 {
@@ -656,30 +671,13 @@ async fn follow_after_real_xfreerdp_connections() {
         return;
     }
     let hosts = [IpAddr::from([127, 0, 0, 16]), IpAddr::from([127, 0, 0, 17])];
-    let tcp_port = free_addr().port();
-    let udp_port = free_udp_port(hosts[0]);
-    let mut tcp_backends = Vec::new();
-    let mut udp_backends = Vec::new();
-    for h in hosts {
-        tcp_backends.push(TcpBackend::start_on(SocketAddr::new(h, tcp_port)).await);
-        udp_backends.push(UdpEcho::start_on(SocketAddr::new(h, udp_port)).await);
-    }
-    let tcp_listen = free_addr();
+    let (tcp_backends, udp_backends, tcp_listen, _p) = follow_setup(
+        &hosts,
+        "persistence = { key = \"source_ip\", timeout = \"8h\" }",
+    )
+    .await;
     let udp_listen = SocketAddr::new(localhost(), tcp_listen.port());
-    let mut services = format!(
-        "[[service]]\nname = \"rds\"\nlisten = \"{tcp_listen}\"\nmode = \"tcp\"\npersistence = {{ key = \"source_ip\", timeout = \"8h\" }}\n"
-    );
-    for b in &tcp_backends {
-        services.push_str(&format!("[[service.backend]]\naddress = \"{}\"\n", b.addr));
-    }
-    services.push('\n');
-    services.push_str(&udp_service(
-        "rds-udp",
-        udp_listen,
-        "scheduler = \"round_robin\"\nfollow = \"rds\"",
-        &udp_backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
-    ));
-    let _p = Proxy::start(&config(free_addr(), &services), tcp_listen).await;
+    let udp_port = udp_backends[0].addr.port();
     let target = format!("/v:{tcp_listen}");
     tokio::task::spawn_blocking(move || {
         let status = std::process::Command::new("timeout")
