@@ -14,16 +14,21 @@ pub mod test;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::log::PluginLog;
 use super::runtime::{Instance, Limits};
 use super::slot::{Loaded, Runtimes, Source};
 use super::stock;
 
-/// Limits of a call outside the proxy: the proxy's defaults.
+/// Deadline of a call outside the proxy. Longer than `plugin_deadline` so that a busy machine
+/// (a CI runner) never turns a case into a timeout; an endless loop still ends as one.
+pub const DEADLINE: Duration = Duration::from_secs(1);
+
+/// Limits of a call outside the proxy: [`DEADLINE`], and the proxy's default memory cap.
 pub fn limits() -> Limits {
     Limits {
-        deadline: crate::config::DEFAULT_PLUGIN_DEADLINE,
+        deadline: DEADLINE,
         memory: crate::config::DEFAULT_PLUGIN_MEMORY,
     }
 }
