@@ -287,12 +287,20 @@ fn plugin_check_runs_the_hooks_on_the_given_input() {
             && tcp.contains("persistence-key: key \"3 bytes\"\n"),
         "{tcp}"
     );
-    let bad = plugboard(
-        dir.path(),
-        &["plugin", "check", "admin.lua", "--request", "/admin"],
-    );
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(text(&bad).contains("expected METHOD and TARGET"));
+    for (args, why) in [
+        (["--request", "/admin"], "expected METHOD and TARGET"),
+        (["--payload-hex", "aé0"], "not hexadecimal"),
+        (["--payload-hex", "030"], "an even number of hex digits"),
+        (["--backends", "0"], "1 to 64 are needed"),
+        (["--client", "10.0.0.5"], "expected IP:PORT"),
+        (["--header", "X-User"], "expected \"Name: value\""),
+    ] {
+        let mut all = vec!["plugin", "check", "admin.lua"];
+        all.extend_from_slice(&args);
+        let bad = plugboard(dir.path(), &all);
+        assert_eq!(bad.status.code(), Some(2), "{args:?}: {}", text(&bad));
+        assert!(text(&bad).contains(why), "{args:?}: {}", text(&bad));
+    }
 }
 
 /// A README section: its fenced blocks, as (language, text), in order.

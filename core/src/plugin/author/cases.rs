@@ -364,3 +364,75 @@ fn health_want(e: &mut Errors, v: &Spanned<toml::Value>) -> Option<Want<HealthWa
     }
     Some(Want::Answer(w))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse1(case: &str, first: usize) -> Case {
+        let src = format!("backends = 2\n[[case]]\nname = \"c\"\n{case}\n");
+        let mut c = parse(Path::new("C.toml"), &src, first)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .cases;
+        c.remove(0)
+    }
+
+    #[test]
+    fn key_words_and_their_literal_spelling() {
+        let key = |k: &str| parse1(&format!("key = {k}"), 1).key.unwrap();
+        assert_eq!(
+            key("\"alice\""),
+            Want::Answer(KeyAnswer::Key(b"alice".to_vec()))
+        );
+        assert_eq!(key("\"none\""), Want::Answer(KeyAnswer::None));
+        assert_eq!(key("\"need more\""), Want::Answer(KeyAnswer::NeedMore));
+        assert_eq!(key("\"fault\""), Want::Fault);
+        assert_eq!(
+            key("{ key = \"none\" }"),
+            Want::Answer(KeyAnswer::Key(b"none".to_vec()))
+        );
+        assert_eq!(key("{ backend = 2 }"), Want::Answer(KeyAnswer::Backend(1)));
+    }
+
+    #[test]
+    fn backend_numbers_follow_the_plugin_language() {
+        let lua = parse1("select = 2\ndown = [1]\ncheck = 2\nhealth = \"up\"", 1);
+        assert_eq!(lua.select, Some(Want::Answer(Select::Backend(1))));
+        assert_eq!((lua.sample.down.as_slice(), lua.check), (&[0][..], 1));
+        let wasm = parse1("select = 0", 0);
+        assert_eq!(wasm.select, Some(Want::Answer(Select::Backend(0))));
+        let e = parse(
+            Path::new("C.toml"),
+            "[[case]]\nname = \"c\"\nselect = 0\n",
+            1,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.starts_with("C.toml:3:10: backend 0 does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_health_table_names_what_it_compares() {
+        let h = parse1("health = { up = true, admin = \"drain\", load = 40 }", 1);
+        let want = HealthWant {
+            up: Some(true),
+            load: Some(40),
+            admin: Some(AdminState::Drain),
+            ..HealthWant::default()
+        };
+        assert_eq!(h.health, Some(Want::Answer(want)));
+        let e = parse(
+            Path::new("C.toml"),
+            "[[case]]\nname = \"c\"\nhealth = { load = 101 }\n",
+            1,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.starts_with("C.toml:3:10: health: bad \"load\""), "{e}");
+    }
+}

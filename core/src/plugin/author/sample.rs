@@ -107,7 +107,10 @@ impl Sample {
     /// Makes the sample a tcp connection whose first bytes are `hex`.
     pub fn set_payload_hex(&mut self, hex: &str) -> Result<(), String> {
         let hex: String = hex.split_ascii_whitespace().collect();
-        if hex.len() % 2 != 0 || hex.len() / 2 > MAX_PAYLOAD {
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("payload {hex:?}: not hexadecimal"));
+        }
+        if !hex.len().is_multiple_of(2) || hex.len() / 2 > MAX_PAYLOAD {
             return Err(format!(
                 "payload: an even number of hex digits is needed, at most {MAX_PAYLOAD} bytes"
             ));
@@ -116,7 +119,7 @@ impl Sample {
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
             .collect::<Result<_, _>>()
-            .map_err(|_| format!("payload {hex:?}: not hexadecimal"))?;
+            .map_err(|e| format!("payload: {e}"))?;
         self.http = None;
         Ok(())
     }
