@@ -186,13 +186,14 @@ fn one(
     if let Some(rq) = &r.request {
         apply(e, rq.span(), sample.set_request(rq.get_ref()));
     }
+    // Before the headers, so that headers on a tcp case are an error.
+    if let Some(p) = &r.payload_hex {
+        apply(e, p.span(), sample.set_payload_hex(p.get_ref()));
+    }
     if let Some(hs) = &r.headers {
         let list: Vec<&str> = hs.iter().map(|h| h.get_ref().as_str()).collect();
         let span = hs.first().map_or(c.span(), |h| h.span());
         apply(e, span, sample.set_headers(&list));
-    }
-    if let Some(p) = &r.payload_hex {
-        apply(e, p.span(), sample.set_payload_hex(p.get_ref()));
     }
     if let Some(cl) = &r.client {
         apply(e, cl.span(), sample.set_client(cl.get_ref()));
@@ -377,6 +378,14 @@ mod tests {
         c.remove(0)
     }
 
+    /// The errors of a file whose backends are numbered from 1.
+    fn error(src: &str) -> String {
+        parse(Path::new("C.toml"), src, 1)
+            .err()
+            .unwrap()
+            .to_string()
+    }
+
     #[test]
     fn key_words_and_their_literal_spelling() {
         let key = |k: &str| parse1(&format!("key = {k}"), 1).key.unwrap();
@@ -401,16 +410,23 @@ mod tests {
         assert_eq!((lua.sample.down.as_slice(), lua.check), (&[0][..], 1));
         let wasm = parse1("select = 0", 0);
         assert_eq!(wasm.select, Some(Want::Answer(Select::Backend(0))));
-        let e = parse(
-            Path::new("C.toml"),
-            "[[case]]\nname = \"c\"\nselect = 0\n",
-            1,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error("[[case]]\nname = \"c\"\nselect = 0\n");
         assert!(
             e.starts_with("C.toml:3:10: backend 0 does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tcp_case_has_no_headers() {
+        let tcp = parse1("payload_hex = \"0300\"\nkey = \"none\"", 1);
+        assert_eq!(tcp.sample.payload, [3, 0]);
+        assert!(tcp.sample.http.is_none());
+        let e = error(
+            "[[case]]\nname = \"c\"\npayload_hex = \"03\"\nheaders = [\"X: y\"]\nkey = \"none\"\n",
+        );
+        assert!(
+            e.starts_with("C.toml:4:12: a header needs an http request"),
             "{e}"
         );
     }
@@ -425,14 +441,7 @@ mod tests {
             ..HealthWant::default()
         };
         assert_eq!(h.health, Some(Want::Answer(want)));
-        let e = parse(
-            Path::new("C.toml"),
-            "[[case]]\nname = \"c\"\nhealth = { load = 101 }\n",
-            1,
-        )
-        .err()
-        .unwrap()
-        .to_string();
+        let e = error("[[case]]\nname = \"c\"\nhealth = { load = 101 }\n");
         assert!(e.starts_with("C.toml:3:10: health: bad \"load\""), "{e}");
     }
 }
