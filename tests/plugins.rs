@@ -729,17 +729,7 @@ fn rust_template_builds_outside_the_repository() {
         .join("..")
         .canonicalize()
         .unwrap();
-    let sysroot = std::process::Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .expect("rustc");
-    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    assert!(
-        Path::new(&sysroot)
-            .join("lib/rustlib/wasm32-unknown-unknown")
-            .is_dir(),
-        "the wasm32-unknown-unknown target is not installed (rustup target add wasm32-unknown-unknown)"
-    );
+    common::assert_wasm_target();
     let copy = tempfile::tempdir().unwrap();
     assert!(
         !copy.path().starts_with(&repo),

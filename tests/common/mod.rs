@@ -67,6 +67,22 @@ pub fn sdk_plugin(name: &str) -> Option<PathBuf> {
     None
 }
 
+/// Fails unless Rust's wasm32-unknown-unknown target is installed (the build itself needs it
+/// for the stock plugins, so it is never skipped).
+pub fn assert_wasm_target() {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("rustc");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    assert!(
+        Path::new(&sysroot)
+            .join("lib/rustlib/wasm32-unknown-unknown")
+            .is_dir(),
+        "the wasm32-unknown-unknown target is not installed (rustup target add wasm32-unknown-unknown)"
+    );
+}
+
 /// A free loopback port for a test to bind later. It is taken below the kernel's ephemeral
 /// range: a port bound to 0 and released comes from that range, and a parallel test's client
 /// connection can take it as its source port before the test binds it again (`AddrInUse`).

@@ -1,7 +1,9 @@
-//! The `plugboard` command: `run`, `check`, `ctl`, `plugin check`.
+//! The `plugboard` command: `run`, `check`, `ctl`, `plugin check|test|new`.
 
 mod check;
 mod ctl;
+mod new;
+mod plugin;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -44,20 +46,7 @@ enum Command {
     /// Plugin tools.
     Plugin {
         #[command(subcommand)]
-        command: PluginCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum PluginCommand {
-    /// Load a .wasm or .lua plugin (or a stock plugin by name: rdp-cookie, mcx-affinity,
-    /// agent-load), print its hooks and ABI version, and run each hook once on a sample
-    /// request.
-    Check {
-        file: PathBuf,
-        /// Settings handed to the plugin, as JSON (what `[service.plugin.<name>]` becomes).
-        #[arg(long, default_value = "{}")]
-        settings: String,
+        command: plugin::PluginCommand,
     },
 }
 
@@ -91,24 +80,7 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Plugin {
-            command: PluginCommand::Check { file, settings },
-        } => {
-            let limits = crate::plugin::runtime::Limits {
-                deadline: crate::config::DEFAULT_PLUGIN_DEADLINE,
-                memory: crate::config::DEFAULT_PLUGIN_MEMORY,
-            };
-            match crate::plugin::check::exercise(&file, &settings, limits) {
-                Ok(report) => {
-                    print!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", file.display());
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Plugin { command } => plugin::run(command),
         Command::Ctl(args) => ctl::run(args),
         Command::Run { config, log_format } => {
             let format = log_format.map(|f| match f {

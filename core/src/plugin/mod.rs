@@ -14,13 +14,14 @@
 //!   balancer's [`crate::balance::balancer::HookSource`]) and reloads changed files
 //!   ([`watch`]).
 //! - [`stock`]: the plugins embedded in the binary; [`net`]: the health helpers' network I/O;
-//!   [`log`]: rate-limited plugin logging; [`clock`]: the coarse clock deadlines use;
-//!   [`check`]: `plugboard plugin check`.
+//!   [`log`]: rate-limited plugin logging; [`clock`]: the coarse clock deadlines use.
+//! - [`author`]: `plugboard plugin check` and `plugboard plugin test`, a plugin run outside
+//!   the proxy.
 
 pub mod adapters;
+pub mod author;
 pub mod binding;
 pub mod breaker;
-pub mod check;
 pub mod clock;
 pub mod contract;
 pub mod health;
