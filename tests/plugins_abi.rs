@@ -7,6 +7,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::*;
 
@@ -21,8 +22,11 @@ fn repo_file(path: &str) -> PathBuf {
 }
 
 /// A proxy with `[proxy] threads = 2` whose one http service is scheduled by `plugin` (copied
-/// into its plugins directory as `sched.<ext>`), over `backends`.
-async fn proxy_with(plugin: &PathBuf, backends: &[HttpBackend]) -> (Proxy, SocketAddr) {
+/// into its plugins directory, returned, as `sched.<ext>`), over `backends`.
+async fn proxy_with(
+    plugin: &PathBuf,
+    backends: &[HttpBackend],
+) -> (Proxy, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ext = plugin.extension().unwrap().to_str().unwrap();
     std::fs::copy(plugin, dir.path().join(format!("sched.{ext}"))).unwrap();
@@ -34,9 +38,7 @@ async fn proxy_with(plugin: &PathBuf, backends: &[HttpBackend]) -> (Proxy, Socke
         backends_toml(&list)
     );
     let proxy = Proxy::start(&cfg, listen).await;
-    // The plugins directory must outlive the proxy's watcher: keep it with the proxy's.
-    std::mem::forget(dir);
-    (proxy, listen)
+    (proxy, listen, dir)
 }
 
 /// `seq` is one strict rotation over `members`: every member in the first `members.len()`
@@ -78,7 +80,7 @@ async fn admin_scheduler(plugin: PathBuf, what: &str) {
         HttpBackend::start().await,
         HttpBackend::start().await,
     ];
-    let (proxy, listen) = proxy_with(&plugin, &backends).await;
+    let (proxy, listen, _plugins) = proxy_with(&plugin, &backends).await;
     let first = backends[0].addr.to_string();
     let rest: Vec<String> = backends[1..].iter().map(|b| b.addr.to_string()).collect();
     let mut clients = Vec::new();
@@ -147,7 +149,7 @@ async fn global_rotation(plugin: PathBuf, what: &str) {
         HttpBackend::start().await,
         HttpBackend::start().await,
     ];
-    let (proxy, listen) = proxy_with(&plugin, &backends).await;
+    let (proxy, listen, _plugins) = proxy_with(&plugin, &backends).await;
     let members: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
     let serving = |n: u32| format!("rotation instance {n} serving");
     let mut clients = Vec::new();
@@ -239,7 +241,7 @@ async fn shared_host_functions_check_every_pointer_and_limit() {
     let file = tempfile::Builder::new().suffix(".wasm").tempfile().unwrap();
     std::fs::write(file.path(), wat).unwrap();
     let backends = [HttpBackend::start().await, HttpBackend::start().await];
-    let (proxy, listen) = proxy_with(&file.path().to_path_buf(), &backends).await;
+    let (proxy, listen, _plugins) = proxy_with(&file.path().to_path_buf(), &backends).await;
     let answers = bodies(listen, 4, &[]).await;
     for r in &answers {
         assert_eq!(
@@ -253,4 +255,71 @@ async fn shared_host_functions_check_every_pointer_and_limit() {
         "{}",
         proxy.log_text()
     );
+}
+
+/// Shared data outlives the instances: a new version of the plugin file, then a configuration
+/// reload (SIGHUP), each bring new instances, which number themselves from shared counter 1
+/// after the old ones and carry on the rotation of shared counter 0 where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_survives_file_and_configuration_reloads() {
+    let backends = [
+        HttpBackend::start().await,
+        HttpBackend::start().await,
+        HttpBackend::start().await,
+    ];
+    let plugin = repo_file("tests/plugins/rotation.lua");
+    let (proxy, listen, plugins) = proxy_with(&plugin, &backends).await;
+    let members: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    let mut client = Client::connect(listen).await.unwrap();
+    let mut seq = Vec::new();
+    for _ in 0..4 {
+        seq.push(client.get("/", &[]).await.unwrap().body);
+    }
+    let source = std::fs::read_to_string(&plugin).unwrap();
+    let tmp = plugins.path().join("sched.lua.new");
+    std::fs::write(&tmp, format!("-- version 2\n{source}")).unwrap();
+    std::fs::rename(&tmp, plugins.path().join("sched.lua")).unwrap();
+    proxy
+        .wait_log(&["plugin reloaded"], 1, Duration::from_secs(10))
+        .await;
+    // Requests until the new version's instance has served (bounded in count and time).
+    let mut until = async |seq: &mut Vec<String>, line: &str| {
+        for _ in 0..200 {
+            if proxy.log_text().contains(line) {
+                return true;
+            }
+            seq.push(client.get("/", &[]).await.unwrap().body);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    assert!(
+        until(&mut seq, "rotation instance 1 serving").await,
+        "no new instance after the file reload:\n{}",
+        proxy.log_text()
+    );
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success(), "kill -HUP");
+    proxy
+        .wait_log(&["configuration reloaded"], 1, Duration::from_secs(10))
+        .await;
+    assert!(
+        until(&mut seq, "rotation instance 2 serving").await,
+        "no new instance after the configuration reload:\n{}",
+        proxy.log_text()
+    );
+    for _ in 0..6 {
+        seq.push(client.get("/", &[]).await.unwrap().body);
+    }
+    let log = proxy.log_text();
+    assert_eq!(
+        log.matches("rotation instance 0 serving").count(),
+        1,
+        "shared counter 1 started again:\n{log}"
+    );
+    assert!(!log.contains("plugin failed"), "{log}");
+    assert_strict_rotation(&seq, &members, "across reloads");
 }
