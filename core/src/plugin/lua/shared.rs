@@ -1,8 +1,8 @@
 //! The `shared` table: a Lua plugin's view of its shared data ([`crate::plugin::shared`]),
 //! the same store and limits as the WASM `shared_*` host functions.
 //!
-//! - `shared.counter_add(n, delta)`: adds `delta` to counter `n` (0-63, an id, the same
-//!   counter as the ABI's) and returns its previous value.
+//! - `shared.counter_add(n, delta)`: adds `delta` (default 1) to counter `n` (0-63, an id,
+//!   the same counter as the ABI's) and returns its previous value.
 //! - `shared.get(key)`: the value (a string), or `nil`.
 //! - `shared.set(key, value)`: sets it (`value = nil` removes it); `true`, or `false, reason`
 //!   when a size or the entry count is over its limit.
