@@ -17,7 +17,7 @@ use super::breaker::Breaker;
 use super::log::PluginLog;
 use super::runtime::{Fault, FaultKind, Instance, Limits};
 use super::shared::SharedData;
-use super::slot::Slot;
+use super::slot::{Loaded, Slot};
 use super::spares::{Factory, Spares};
 use crate::config::PluginErrorPolicy;
 use crate::observe::logging::RateLimit;
@@ -138,27 +138,24 @@ impl Binding {
     /// A fresh instance of the current version (slow: never on the request path).
     pub fn instantiate(&self) -> Result<(u64, Box<dyn Instance>), Fault> {
         let loaded = self.slot.current();
-        let inst = loaded.code.instantiate_with(
+        Ok((loaded.generation, self.make(&loaded)?))
+    }
+
+    /// An instance of `loaded` with this binding's settings, log and shared data.
+    fn make(&self, loaded: &Loaded) -> Result<Box<dyn Instance>, Fault> {
+        loaded.code.instantiate_with(
             &self.settings,
             self.limits,
             self.log.clone(),
             self.shared.clone(),
-        )?;
-        Ok((loaded.generation, inst))
+        )
     }
 
     /// Fills this binding's spares with instances of the current version (factory thread, and
     /// once at start-up so that the first requests find them).
     pub fn refill(&self) {
         let loaded = self.slot.current();
-        let made = self.spares.fill(loaded.generation, || {
-            loaded.code.instantiate_with(
-                &self.settings,
-                self.limits,
-                self.log.clone(),
-                self.shared.clone(),
-            )
-        });
+        let made = self.spares.fill(loaded.generation, || self.make(&loaded));
         if let Err(f) = made {
             self.fault("instantiate", &f);
         }
