@@ -27,12 +27,42 @@
 //! # fn main() {}
 //! ```
 //!
+//! A stateless hook can be a plain function: [`export_select!`] and [`export_key!`] make the
+//! plugin type. A scheduler that sends `/admin` to the first backend and the rest round robin,
+//! globally across worker threads:
+//!
+//! ```
+//! use plugboard_sdk::{export_select, shared::Counter, Backends, Request};
+//!
+//! fn select(req: &Request, backends: &Backends) -> Option<usize> {
+//!     if req.path()?.starts_with("/admin") {
+//!         return Some(0);
+//!     }
+//!     let rest = backends.available().filter(|b| b.index > 0);
+//!     Counter(0).pick(rest).map(|b| b.index)
+//! }
+//!
+//! export_select!(select);
+//! # fn main() {}
+//! ```
+//!
+//! **State.** Plugboard runs one instance of a plugin per service and worker thread: a
+//! plugin's fields are per thread (a round robin in a field is not global). Data every thread
+//! sees is in [`shared`]: atomic counters and a small key-value store, held by the host.
+//!
+//! **Request fields.** [`Request::path`] is the path as the client sent it, without the query
+//! string (that is [`Request::query`]) and not percent-decoded.
+//!
 //! Build with `cargo build --target wasm32-unknown-unknown --release` and copy the `.wasm`
 //! into the plugins directory. On other targets the host functions are served by
-//! [`testing`], so a plugin's logic can be unit-tested natively.
+//! [`testing`], so a plugin's logic can be unit-tested natively. The ABI itself (for other
+//! languages) is `sdk/ABI.md`.
+#![warn(missing_docs)]
 
+/// A JSON value, as settings are handed over ([`Config::value`]).
 pub use serde_json::Value;
 
+pub mod shared;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
@@ -41,6 +71,15 @@ pub mod testing;
 pub const ABI_VERSION: i32 = 1;
 
 /// A plugin's settings: the `[service.plugin.<name>]` table of the service using it.
+///
+/// ```
+/// use plugboard_sdk::Config;
+/// let c = Config::from_json(r#"{"header": "X-User", "max": 3, "strict": true}"#);
+/// assert_eq!(c.str("header"), Some("X-User"));
+/// assert_eq!(c.int("max"), Some(3));
+/// assert_eq!(c.bool("strict"), Some(true));
+/// assert_eq!(c.str("missing"), None);
+/// ```
 pub struct Config(Value);
 
 impl Config {
@@ -48,18 +87,23 @@ impl Config {
     pub fn from_json(text: &str) -> Config {
         Config(serde_json::from_str(text).unwrap_or(Value::Null))
     }
+    /// The whole table.
     pub fn value(&self) -> &Value {
         &self.0
     }
+    /// A setting of any type.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.0.get(key)
     }
+    /// A string setting (`None` when absent or not a string).
     pub fn str(&self, key: &str) -> Option<&str> {
         self.0.get(key)?.as_str()
     }
+    /// An integer setting.
     pub fn int(&self, key: &str) -> Option<i64> {
         self.0.get(key)?.as_i64()
     }
+    /// A boolean setting.
     pub fn bool(&self, key: &str) -> Option<bool> {
         self.0.get(key)?.as_bool()
     }
@@ -87,7 +131,19 @@ fn read_string(f: impl FnMut(*mut u8, i32) -> i32) -> Option<String> {
     read(f).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-/// The request or connection being balanced. Fields are read from the host on demand.
+/// The request or connection being balanced. Fields are read from the host on demand (each
+/// call asks the host again: keep a value you use twice).
+///
+/// ```
+/// use plugboard_sdk::{testing::Mock, Request};
+/// let mut mock = Mock::default();
+/// mock.path = Some("/admin/users".into());
+/// mock.query = Some("page=2".into());
+/// mock.run(|req: &Request, _| {
+///     assert_eq!(req.path().as_deref(), Some("/admin/users")); // no query string
+///     assert_eq!(req.query().as_deref(), Some("page=2"));
+/// });
+/// ```
 pub struct Request {
     _private: (),
 }
@@ -100,6 +156,7 @@ impl Request {
         self.field(f)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
+    /// The service's name.
     pub fn service(&self) -> String {
         self.text(0).unwrap_or_default()
     }
@@ -107,9 +164,11 @@ impl Request {
     pub fn mode(&self) -> String {
         self.text(1).unwrap_or_default()
     }
+    /// The client's IP address (the PROXY header's source on `accept_proxy` addresses).
     pub fn client_ip(&self) -> Option<String> {
         self.text(2)
     }
+    /// The client's source port.
     pub fn client_port(&self) -> Option<u16> {
         self.text(3)?.parse().ok()
     }
@@ -117,10 +176,12 @@ impl Request {
     pub fn key(&self) -> Option<Vec<u8>> {
         self.field(4)
     }
+    /// http: the method (`GET`, ...).
     pub fn method(&self) -> Option<String> {
         self.text(5)
     }
-    /// The request target's path, without the query string (see [`Request::query`]).
+    /// http: the request target's path as sent (not percent-decoded), without the query
+    /// string (see [`Request::query`]).
     pub fn path(&self) -> Option<String> {
         self.text(6)
     }
@@ -128,6 +189,7 @@ impl Request {
     pub fn query(&self) -> Option<String> {
         self.text(9)
     }
+    /// http: the `Host` (or the target's authority).
     pub fn host(&self) -> Option<String> {
         self.text(7)
     }
@@ -135,30 +197,48 @@ impl Request {
     pub fn payload(&self) -> Option<Vec<u8>> {
         self.field(8)
     }
+    /// http: the first value of a header, name case-insensitive.
     pub fn header(&self, name: &str) -> Option<String> {
         read_string(|p, c| sys::request_header(name.as_ptr(), name.len() as i32, p, c))
     }
+    /// http: a cookie's value from the `Cookie` headers.
     pub fn cookie(&self, name: &str) -> Option<String> {
         read_string(|p, c| sys::request_cookie(name.as_ptr(), name.len() as i32, p, c))
     }
 }
 
-/// The service's backends, in configuration order.
+/// The service's backends, in configuration order (index 0 is the first `[[service.backend]]`).
+///
+/// ```
+/// use plugboard_sdk::testing::{Mock, MockBackend};
+/// let mut mock = Mock::default();
+/// mock.backends = vec![MockBackend::new("10.0.0.1:80"), MockBackend::new("10.0.0.2:80")];
+/// mock.backends[0].healthy = false;
+/// mock.run(|_, backends| {
+///     let up: Vec<usize> = backends.available().map(|b| b.index).collect();
+///     assert_eq!(up, [1]);
+///     assert_eq!(backends.find("10.0.0.2:80").map(|b| b.index), Some(1));
+/// });
+/// ```
 pub struct Backends {
     len: usize,
 }
 
 impl Backends {
+    /// How many backends the service has.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// No backends at all.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The backend at `index`, if there is one.
     pub fn get(&self, index: usize) -> Option<Backend> {
         (index < self.len).then_some(Backend { index })
     }
-    pub fn iter(&self) -> impl Iterator<Item = Backend> {
+    /// Every backend, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Backend> + Clone {
         (0..self.len).map(|index| Backend { index })
     }
     /// The backend with this `IP:PORT` address.
@@ -170,7 +250,7 @@ impl Backends {
         self.iter().find(|b| b.name() == name)
     }
     /// The backends that can take this request ([`Backend::available`]), in order.
-    pub fn available(&self) -> impl Iterator<Item = Backend> {
+    pub fn available(&self) -> impl Iterator<Item = Backend> + Clone {
         self.iter().filter(|b| b.available())
     }
 }
@@ -178,6 +258,8 @@ impl Backends {
 /// One backend; its live state is read from the host on demand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backend {
+    /// Position in this call's pool (0-based). It can change with a reload: to remember a
+    /// backend beyond one call, keep its [`Backend::name`].
     pub index: usize,
 }
 
@@ -185,6 +267,7 @@ impl Backend {
     fn prop(&self, p: i32) -> i64 {
         sys::backend_get(self.index as i32, p)
     }
+    /// `IP:PORT`.
     pub fn address(&self) -> String {
         read_string(|p, c| sys::backend_address(self.index as i32, p, c)).unwrap_or_default()
     }
@@ -237,9 +320,11 @@ impl Backend {
     pub fn agent_weight_percent(&self) -> u32 {
         self.prop(6).max(0) as u32
     }
+    /// The connection limit the agent reported (0: none).
     pub fn agent_maxconn(&self) -> u32 {
         self.prop(7).max(0) as u32
     }
+    /// The admin state the agent reported.
     pub fn agent_admin(&self) -> agent::Admin {
         match self.prop(8) {
             1 => agent::Admin::Drain,
@@ -247,6 +332,7 @@ impl Backend {
             _ => agent::Admin::Ready,
         }
     }
+    /// The agent's own up/down verdict.
     pub fn agent_up(&self) -> bool {
         self.prop(9) != 0
     }
@@ -283,19 +369,27 @@ impl Response {
 
 /// A health verdict.
 pub enum Health {
-    Up { load: Option<u8> },
+    /// Up, with an optional load 0-100 (0 idle).
+    Up {
+        /// Load 0-100 to report, if the check measured one.
+        load: Option<u8>,
+    },
+    /// Down: no new traffic until it is up again (the service's `rise`).
     Down,
 }
 
 /// Built once per service from its settings; `Err` refuses the settings (the configuration
 /// check and a reload report the message).
 pub trait Plugin: Sized + 'static {
+    /// Reads the settings; `Err(reason)` refuses them.
     fn new(config: &Config) -> Result<Self, String>;
 }
 
 /// Which backend gets this request. `None`: no opinion (the service's fallback scheduler
 /// decides).
 pub trait SelectServer {
+    /// The backend index for this request (see [`Backends`]), or `None` for no opinion. A
+    /// backend that is not [`Backend::available`] is replaced by the fallback scheduler.
     fn select(&mut self, req: &Request, backends: &Backends) -> Option<usize>;
 }
 
@@ -303,6 +397,7 @@ pub trait SelectServer {
 pub trait PersistenceKey {
     /// Set to true to have [`Self::on_response`] called for every response.
     const RESPONSE_STEP: bool = false;
+    /// The key (or backend) of this request.
     fn key(&mut self, req: &Request, backends: &Backends) -> Key;
     /// `named`: the backend the request named ([`Key::Backend`]); `served`: the backend that
     /// served it. This may run in another instance than `key` for the same request (instances
@@ -321,6 +416,7 @@ pub trait PersistenceKey {
 
 /// Is a backend up. `target` is the address to check (`IP:PORT`). May use [`net`].
 pub trait HealthCheck {
+    /// The verdict for `backend`; runs on a health-check thread, with [`net`] allowed.
     fn check(&mut self, backend: Backend, target: &str) -> Health;
 }
 
@@ -332,9 +428,13 @@ pub mod agent {
     use super::sys;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    /// An agent's admin state.
     pub enum Admin {
+        /// Takes traffic.
         Ready = 0,
+        /// Keeps its sticky clients, takes no new ones.
         Drain = 1,
+        /// Takes no traffic.
         Maint = 2,
     }
 
@@ -346,6 +446,7 @@ pub mod agent {
     pub fn set_maxconn(n: u32) -> bool {
         sys::set_agent(1, n as i64) == 0
     }
+    /// Ready, drain (keeps sticky clients only) or maint (no traffic).
     pub fn set_admin(a: Admin) -> bool {
         sys::set_agent(2, a as i64) == 0
     }
@@ -405,15 +506,19 @@ pub mod net {
 /// Logging through the proxy's log.
 pub mod log {
     use super::sys;
+    /// An error line (also explains a refused `new` to the configuration check).
     pub fn error(m: &str) {
         sys::log(0, m.as_ptr(), m.len() as i32)
     }
+    /// A warning.
     pub fn warn(m: &str) {
         sys::log(1, m.as_ptr(), m.len() as i32)
     }
+    /// An informational line.
     pub fn info(m: &str) {
         sys::log(2, m.as_ptr(), m.len() as i32)
     }
+    /// A debug line (shown with `RUST_LOG=debug`-level logging).
     pub fn debug(m: &str) {
         sys::log(3, m.as_ptr(), m.len() as i32)
     }
@@ -563,7 +668,8 @@ pub mod __private {
 }
 
 /// Exports a plugin type and the hooks it implements:
-/// `export_plugin!(MyType => select_server, persistence_key, health_check);`
+/// `export_plugin!(MyType => select_server, persistence_key, health_check);` (see the crate
+/// example).
 #[macro_export]
 macro_rules! export_plugin {
     ($ty:ty => $($hook:ident),+ $(,)?) => {
@@ -631,5 +737,77 @@ macro_rules! __export_hook {
         pub extern "C" fn plugboard_health_check(backend: i32) -> i32 {
             $crate::__private::health::<$ty>(&$slot, backend)
         }
+    };
+}
+
+/// Exports a function `fn(&Request, &Backends) -> Option<usize>` as a select-server plugin
+/// with no state of its own (its settings are accepted and ignored). Keep state that must be
+/// global in [`shared`]. For several hooks or settings, implement [`Plugin`] and the hook
+/// traits and use [`export_plugin!`].
+///
+/// ```
+/// use plugboard_sdk::{export_select, Backends, Request};
+///
+/// /// The least busy available backend.
+/// fn select(_req: &Request, backends: &Backends) -> Option<usize> {
+///     backends.available().min_by_key(|b| b.active()).map(|b| b.index)
+/// }
+///
+/// export_select!(select);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! export_select {
+    ($f:path) => {
+        #[doc(hidden)]
+        pub struct __PlugboardSelect;
+        impl $crate::Plugin for __PlugboardSelect {
+            fn new(_: &$crate::Config) -> Result<Self, String> {
+                Ok(__PlugboardSelect)
+            }
+        }
+        impl $crate::SelectServer for __PlugboardSelect {
+            fn select(
+                &mut self,
+                req: &$crate::Request,
+                backends: &$crate::Backends,
+            ) -> Option<usize> {
+                $f(req, backends)
+            }
+        }
+        $crate::export_plugin!(__PlugboardSelect => select_server);
+    };
+}
+
+/// Exports a function `fn(&Request, &Backends) -> Key` as a persistence-key plugin with no
+/// state of its own, as [`export_select!`] does for schedulers.
+///
+/// ```
+/// use plugboard_sdk::{export_key, Backends, Key, Request};
+///
+/// /// Clients are sticky by their `X-User` header.
+/// fn key(req: &Request, _backends: &Backends) -> Key {
+///     req.header("X-User").map_or(Key::None, |u| Key::Key(u.into_bytes()))
+/// }
+///
+/// export_key!(key);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! export_key {
+    ($f:path) => {
+        #[doc(hidden)]
+        pub struct __PlugboardKey;
+        impl $crate::Plugin for __PlugboardKey {
+            fn new(_: &$crate::Config) -> Result<Self, String> {
+                Ok(__PlugboardKey)
+            }
+        }
+        impl $crate::PersistenceKey for __PlugboardKey {
+            fn key(&mut self, req: &$crate::Request, backends: &$crate::Backends) -> $crate::Key {
+                $f(req, backends)
+            }
+        }
+        $crate::export_plugin!(__PlugboardKey => persistence_key);
     };
 }

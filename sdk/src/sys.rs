@@ -59,6 +59,17 @@ mod wasm {
             timeout_ms: i32,
         ) -> i32;
         pub fn last_response(buf: *mut u8, cap: i32) -> i32;
+        pub fn shared_counter_add(n: i32, delta: i64) -> i64;
+        pub fn shared_get(key: *const u8, key_len: i32, buf: *mut u8, cap: i32) -> i32;
+        pub fn shared_set(key: *const u8, key_len: i32, value: *const u8, value_len: i32) -> i32;
+        pub fn shared_cas(
+            key: *const u8,
+            key_len: i32,
+            expected: *const u8,
+            expected_len: i32,
+            value: *const u8,
+            value_len: i32,
+        ) -> i32;
     }
 }
 
@@ -81,4 +92,8 @@ wrappers! {
     fn tcp_exchange(addr: *const u8, addr_len: i32, send: *const u8, send_len: i32, want: i32, timeout_ms: i32) -> i32;
     fn http_get(addr: *const u8, addr_len: i32, path: *const u8, path_len: i32, timeout_ms: i32) -> i32;
     fn last_response(buf: *mut u8, cap: i32) -> i32;
+    fn shared_counter_add(n: i32, delta: i64) -> i64;
+    fn shared_get(key: *const u8, key_len: i32, buf: *mut u8, cap: i32) -> i32;
+    fn shared_set(key: *const u8, key_len: i32, value: *const u8, value_len: i32) -> i32;
+    fn shared_cas(key: *const u8, key_len: i32, expected: *const u8, expected_len: i32, value: *const u8, value_len: i32) -> i32;
 }

@@ -29,20 +29,26 @@ pub fn response() -> Response {
 pub struct MockBackend {
     /// Default: the address.
     pub name: String,
+    /// `IP:PORT`.
     pub address: String,
     /// Default: `"id-"` and the name (the real host serves a MAC of the name).
     pub cookie_id: String,
+    /// Configured weight.
     pub weight: u32,
+    /// Requests or connections in flight.
     pub active: u32,
+    /// Reported load 0-100.
     pub load: Option<u8>,
     /// The health check's verdict.
     pub healthy: bool,
+    /// Not disabled in the configuration.
     pub enabled: bool,
     /// What the backend's agent reported (see [`crate::agent`]).
     pub agent_admin: crate::agent::Admin,
 }
 
 impl MockBackend {
+    /// An available backend of weight 1 at `address`, named by it.
     pub fn new(address: &str) -> Self {
         MockBackend {
             name: address.into(),
@@ -73,24 +79,39 @@ impl MockBackend {
 /// What the mock host serves, and what the plugin told it.
 #[derive(Debug, Clone, Default)]
 pub struct Mock {
+    /// The service's name.
     pub service: String,
+    /// `http` or `tcp`.
     pub mode: String,
+    /// The client's IP.
     pub client_ip: Option<String>,
+    /// The client's port.
     pub client_port: Option<u16>,
+    /// The persistence key (select-server).
     pub key: Option<Vec<u8>>,
+    /// http: the method.
     pub method: Option<String>,
+    /// http: the path, without the query string.
     pub path: Option<String>,
+    /// http: the host.
     pub host: Option<String>,
+    /// tcp: the client's first bytes.
     pub payload: Option<Vec<u8>>,
+    /// http: the query string, without `?`.
     pub query: Option<String>,
     /// Header names are matched case-insensitively.
     pub headers: Vec<(String, String)>,
+    /// Cookies by name.
     pub cookies: Vec<(String, String)>,
+    /// The service's backends, in order.
     pub backends: Vec<MockBackend>,
+    /// Health checks: the address to check.
     pub check_target: Option<String>,
     /// Set by the plugin.
     pub key_out: Option<Vec<u8>>,
+    /// Set by the plugin: the backend the request names.
     pub backend_out: Option<i32>,
+    /// Set by the plugin: the load reported.
     pub load_out: Option<i32>,
     /// `(property, value)` pairs set with the `agent` functions.
     pub agent_out: Vec<(i32, i64)>,
@@ -99,8 +120,15 @@ pub struct Mock {
     pub net_answers: Vec<Option<(u16, Vec<u8>)>>,
     /// The body of the last answered net call (what `last_response` serves).
     pub last_response: Vec<u8>,
+    /// Headers the response step added.
     pub response_headers: Vec<(String, String)>,
+    /// Lines logged, with their level (0 error .. 3 debug).
     pub logs: Vec<(i32, String)>,
+    /// The shared counters by id (see [`crate::shared`]); absent ones are 0. They persist
+    /// from one [`Mock::run`] to the next, as the host's do from call to call.
+    pub counters: std::collections::BTreeMap<i32, i64>,
+    /// The shared key-value store, with the host's limits.
+    pub shared: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 thread_local! {
@@ -297,5 +325,60 @@ pub(crate) mod host {
 
     pub fn last_response(buf: *mut u8, cap: i32) -> i32 {
         MOCK.with(|m| out(buf, cap, &m.borrow().last_response))
+    }
+
+    pub fn shared_counter_add(n: i32, delta: i64) -> i64 {
+        if !(0..crate::shared::COUNTERS as i32).contains(&n) {
+            return i64::MIN;
+        }
+        MOCK.with(|m| {
+            let mut m = m.borrow_mut();
+            let c = m.counters.entry(n).or_insert(0);
+            let prev = *c;
+            *c = prev.wrapping_add(delta);
+            prev
+        })
+    }
+
+    fn bytes<'a>(p: *const u8, len: i32) -> Option<&'a [u8]> {
+        // SAFETY: the SDK passes a live slice, or a length of -1 for none.
+        (len >= 0).then(|| unsafe { std::slice::from_raw_parts(p, len as usize) })
+    }
+
+    pub fn shared_get(k: *const u8, kl: i32, buf: *mut u8, cap: i32) -> i32 {
+        let key = bytes(k, kl).unwrap_or_default();
+        MOCK.with(|m| m.borrow().shared.get(key).map_or(-1, |v| out(buf, cap, v)))
+    }
+
+    pub fn shared_set(k: *const u8, kl: i32, v: *const u8, vl: i32) -> i32 {
+        shared_cas(k, kl, k, -2, v, vl)
+    }
+
+    /// `el == -2`: no expectation (a plain set).
+    pub fn shared_cas(k: *const u8, kl: i32, e: *const u8, el: i32, v: *const u8, vl: i32) -> i32 {
+        use crate::shared::{MAX_ENTRIES, MAX_KEY, MAX_VALUE};
+        let key = bytes(k, kl).unwrap_or_default();
+        let value = bytes(v, vl);
+        if key.len() > MAX_KEY || value.is_some_and(|v| v.len() > MAX_VALUE) {
+            return -4;
+        }
+        MOCK.with(|m| {
+            let mut m = m.borrow_mut();
+            if el != -2 && m.shared.get(key).map(Vec::as_slice) != bytes(e, el) {
+                return 0;
+            }
+            match value {
+                None => {
+                    m.shared.remove(key);
+                }
+                Some(v) => {
+                    if !m.shared.contains_key(key) && m.shared.len() >= MAX_ENTRIES {
+                        return -4;
+                    }
+                    m.shared.insert(key.to_vec(), v.to_vec());
+                }
+            }
+            1
+        })
     }
 }

@@ -16,7 +16,8 @@ use prometheus::{Histogram, IntCounter};
 use super::breaker::Breaker;
 use super::log::PluginLog;
 use super::runtime::{Fault, FaultKind, Instance, Limits};
-use super::slot::Slot;
+use super::shared::SharedData;
+use super::slot::{Loaded, Slot};
 use super::spares::{Factory, Spares};
 use crate::config::PluginErrorPolicy;
 use crate::observe::logging::RateLimit;
@@ -65,6 +66,8 @@ pub struct Binding {
     pub policy: PluginErrorPolicy,
     pub limits: Limits,
     pub log: Arc<PluginLog>,
+    /// What its instances share across worker threads.
+    pub shared: Arc<SharedData>,
     counters: Counters,
     fault_log: RateLimit,
     pub breaker: Breaker,
@@ -117,6 +120,7 @@ impl Binding {
                 calls: HOOKS.map(|h| metrics.calls.with_label_values(&[p, s, h])),
                 durations: HOOKS.map(|h| metrics.call_seconds.with_label_values(&[p, h])),
             },
+            shared: super::shared::find(p, s),
             slot: spec.slot,
             service: spec.service,
             settings: spec.settings,
@@ -134,21 +138,24 @@ impl Binding {
     /// A fresh instance of the current version (slow: never on the request path).
     pub fn instantiate(&self) -> Result<(u64, Box<dyn Instance>), Fault> {
         let loaded = self.slot.current();
-        let inst = loaded
-            .code
-            .instantiate(&self.settings, self.limits, self.log.clone())?;
-        Ok((loaded.generation, inst))
+        Ok((loaded.generation, self.make(&loaded)?))
+    }
+
+    /// An instance of `loaded` with this binding's settings, log and shared data.
+    fn make(&self, loaded: &Loaded) -> Result<Box<dyn Instance>, Fault> {
+        loaded.code.instantiate_with(
+            &self.settings,
+            self.limits,
+            self.log.clone(),
+            self.shared.clone(),
+        )
     }
 
     /// Fills this binding's spares with instances of the current version (factory thread, and
     /// once at start-up so that the first requests find them).
     pub fn refill(&self) {
         let loaded = self.slot.current();
-        let made = self.spares.fill(loaded.generation, || {
-            loaded
-                .code
-                .instantiate(&self.settings, self.limits, self.log.clone())
-        });
+        let made = self.spares.fill(loaded.generation, || self.make(&loaded));
         if let Err(f) = made {
             self.fault("instantiate", &f);
         }

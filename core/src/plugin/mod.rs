@@ -8,6 +8,8 @@
 //! - [`binding`]: a slot used by one service, with its policy, log, circuit breaker
 //!   ([`breaker`]) and instances: one per worker thread, made ahead of time by the factory
 //!   ([`spares`]), never on the request path.
+//! - [`shared`]: the counters and key-value store every instance of a plugin in a service
+//!   shares (plugin state is per worker thread; shared data is not).
 //! - [`adapters`] and [`health`]: the hook traits implemented by a binding; health checks run
 //!   on check threads of their own.
 //! - [`registry`]: loads what a configuration refers to, binds it to services (it is the
@@ -30,6 +32,7 @@ pub mod lua;
 pub mod net;
 pub mod registry;
 pub mod runtime;
+pub mod shared;
 pub mod slot;
 pub mod spares;
 pub mod stock;

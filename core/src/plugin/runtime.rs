@@ -15,6 +15,7 @@ use pingora::http::ResponseHeader;
 
 use super::contract::NetScope;
 use super::log::PluginLog;
+use super::shared::SharedData;
 use crate::balance::hooks::{HealthReport, KeyOutcome, Request};
 use crate::balance::pool::Pool;
 
@@ -138,14 +139,26 @@ pub struct Compiled {
 /// One compiled version of a plugin file; instantiated once per (service, worker thread).
 pub trait Code: Send + Sync {
     fn kind(&self) -> &'static str;
-    /// A fresh instance with its settings applied. Can take milliseconds: never called on the
-    /// request path.
+    /// A fresh instance with its settings applied, seeing `shared` as its shared data (the
+    /// store of its plugin and service, [`super::shared`]). Can take milliseconds: never
+    /// called on the request path.
+    fn instantiate_with(
+        &self,
+        settings: &str,
+        limits: Limits,
+        log: Arc<PluginLog>,
+        shared: Arc<SharedData>,
+    ) -> Result<Box<dyn Instance>, Fault>;
+
+    /// A fresh instance with shared data of its own: for checks, which serve no traffic.
     fn instantiate(
         &self,
         settings: &str,
         limits: Limits,
         log: Arc<PluginLog>,
-    ) -> Result<Box<dyn Instance>, Fault>;
+    ) -> Result<Box<dyn Instance>, Fault> {
+        self.instantiate_with(settings, limits, log, Arc::default())
+    }
 }
 
 /// A live instance. Used by one thread at a time and never re-entered; an instance whose call

@@ -17,6 +17,7 @@ use crate::plugin::runtime::{
     Fault, FaultKind, HealthCall, Instance, Limits, SelectCall, HOOK_HEALTH, HOOK_KEY,
     HOOK_RESPONSE, HOOK_SELECT,
 };
+use crate::plugin::shared::SharedData;
 
 pub struct LuaInstance {
     lua: Lua,
@@ -102,11 +103,14 @@ impl LuaInstance {
         settings: &str,
         limits: Limits,
         log: Arc<PluginLog>,
+        shared: Arc<SharedData>,
     ) -> Result<LuaInstance, Fault> {
         let lua = sandbox::new_state(limits.memory).map_err(init)?;
         let ctx = Rc::new(Ctx::default());
         *ctx.log.borrow_mut() = Some(log);
         api::install_globals(&lua, &ctx).map_err(init)?;
+        let shared = super::shared::table(&lua, shared).map_err(init)?;
+        lua.globals().raw_set("shared", shared).map_err(init)?;
         sandbox::seal(&lua).map_err(init)?;
         let settings: serde_json::Value = serde_json::from_str(settings).map_err(init)?;
         let cfg = to_lua(&lua, &settings).map_err(init)?;

@@ -7,7 +7,8 @@
 //!
 //! Globals a plugin defines: `select_server(req, backends)`, `persistence_key(req, backends)`,
 //! `health_check(backend)`, `on_response(req, served, named, backends)`. Backends are numbered
-//! from 1, as everything in Lua. The settings table is `config`.
+//! from 1, as everything in Lua. The settings table is `config`; `shared` ([`shared`]) is the
+//! data every instance of the plugin in the service shares (globals are per instance).
 //!
 //! Why Luau rather than Lua 5.4: a Lua 5.4 count hook is an ordinary error that `pcall` can
 //! catch, runs no hook inside C functions (a backtracking `string.find` or a `__gc` finalizer
@@ -18,6 +19,7 @@
 mod api;
 mod instance;
 pub mod sandbox;
+mod shared;
 
 use std::sync::Arc;
 
@@ -25,6 +27,7 @@ use instance::LuaInstance;
 
 use super::log::PluginLog;
 use super::runtime::{Code, Compiled, Fault, Instance, Limits, Runtime};
+use super::shared::SharedData;
 
 /// Loads `.lua` files.
 pub struct LuaRuntime;
@@ -49,7 +52,7 @@ impl Runtime for LuaRuntime {
             name: name.into(),
         };
         let log = Arc::new(PluginLog::new(name, "", None));
-        let inst = LuaInstance::new(&code.src, &code.name, settings, limits, log)
+        let inst = LuaInstance::new(&code.src, &code.name, settings, limits, log, Arc::default())
             .map_err(|f| f.message)?;
         Ok(Compiled {
             hooks: inst.hooks(),
@@ -70,14 +73,15 @@ impl Code for LuaCode {
         "lua"
     }
 
-    fn instantiate(
+    fn instantiate_with(
         &self,
         settings: &str,
         limits: Limits,
         log: Arc<PluginLog>,
+        shared: Arc<SharedData>,
     ) -> Result<Box<dyn Instance>, Fault> {
         Ok(Box::new(LuaInstance::new(
-            &self.src, &self.name, settings, limits, log,
+            &self.src, &self.name, settings, limits, log, shared,
         )?))
     }
 }

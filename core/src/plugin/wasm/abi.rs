@@ -11,19 +11,21 @@ use crate::balance::hooks::Request;
 use crate::plugin::contract;
 
 /// Guest memory and host state of the calling instance.
-fn split<'a>(caller: &'a mut Caller<'_, State>) -> Option<(&'a mut [u8], &'a mut State)> {
+pub(super) fn split<'a>(
+    caller: &'a mut Caller<'_, State>,
+) -> Option<(&'a mut [u8], &'a mut State)> {
     let mem = caller.data().memory()?;
     Some(mem.data_and_store_mut(caller))
 }
 
-fn slice(mem: &[u8], ptr: i32, len: i32) -> Option<&[u8]> {
+pub(super) fn slice(mem: &[u8], ptr: i32, len: i32) -> Option<&[u8]> {
     let (p, l) = (ptr as u32 as usize, len as u32 as usize);
     mem.get(p..p.checked_add(l)?)
 }
 
 /// Copies `src` into the guest buffer (as much as fits); returns its full length, or -2 when
 /// the buffer is out of bounds.
-fn write_out(mem: &mut [u8], buf: i32, cap: i32, src: &[u8]) -> i32 {
+pub(super) fn write_out(mem: &mut [u8], buf: i32, cap: i32, src: &[u8]) -> i32 {
     let (p, c) = (buf as u32 as usize, cap as u32 as usize);
     let Some(dst) = p.checked_add(c).and_then(|end| mem.get_mut(p..end)) else {
         return -2;
@@ -358,5 +360,5 @@ pub(super) fn define_imports(l: &mut Linker<State>) -> wasmtime::Result<()> {
             write_out(mem, buf, cap, &st.last_response)
         },
     )?;
-    Ok(())
+    super::shared::define_imports(l)
 }

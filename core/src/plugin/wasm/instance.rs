@@ -12,6 +12,7 @@ use crate::balance::pool::Pool;
 use crate::plugin::contract::NetScope;
 use crate::plugin::log::PluginLog;
 use crate::plugin::runtime::{Fault, FaultKind, HealthCall, Instance, Limits, SelectCall};
+use crate::plugin::shared::SharedData;
 
 use crate::plugin::clock::TICK;
 
@@ -60,12 +61,14 @@ pub struct State {
     pub(super) load: Option<u8>,
     pub(super) last_response: Vec<u8>,
     pub(super) log: Arc<PluginLog>,
+    /// The plugin's shared data in this service (the `shared_*` host functions).
+    pub(super) shared: Arc<SharedData>,
     /// The last error the plugin logged, to explain a refused `plugboard_init`.
     pub(super) last_error: Option<String>,
 }
 
 impl State {
-    pub(super) fn new(limits: Limits, log: Arc<PluginLog>) -> Self {
+    pub(super) fn new(limits: Limits, log: Arc<PluginLog>, shared: Arc<SharedData>) -> Self {
         State {
             limiter: Limiter {
                 max: limits.memory,
@@ -79,6 +82,7 @@ impl State {
             load: None,
             last_response: Vec::new(),
             log,
+            shared,
             last_error: None,
         }
     }

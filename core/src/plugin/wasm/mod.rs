@@ -14,6 +14,7 @@
 
 mod abi;
 mod instance;
+mod shared;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ use super::runtime::{
     Code, Compiled, Fault, FaultKind, Instance, Limits, Runtime, HOOK_HEALTH, HOOK_KEY,
     HOOK_RESPONSE, HOOK_SELECT,
 };
+use super::shared::SharedData;
 
 /// The ABI version this host implements; a module must export `plugboard_abi_version`
 /// returning it.
@@ -101,7 +103,9 @@ impl WasmCode {
     /// Reads the ABI version and hook set by instantiating the module once.
     fn inspect(&self, limits: Limits) -> Result<(u32, u32), String> {
         let log = Arc::new(PluginLog::new("inspect", "", None));
-        let (mut store, instance) = self.raw_instance(limits, log).map_err(|f| f.message)?;
+        let (mut store, instance) = self
+            .raw_instance(limits, log, Arc::default())
+            .map_err(|f| f.message)?;
         let version = instance
             .get_typed_func::<(), i32>(&mut store, "plugboard_abi_version")
             .map_err(|_| {
@@ -140,8 +144,9 @@ impl WasmCode {
         &self,
         limits: Limits,
         log: Arc<PluginLog>,
+        shared: Arc<SharedData>,
     ) -> Result<(Store<State>, wasmtime::Instance), Fault> {
-        let mut store = Store::new(&self.engine, State::new(limits, log));
+        let mut store = Store::new(&self.engine, State::new(limits, log, shared));
         store.limiter(|s| s.limiter());
         store.set_epoch_deadline(instance::deadline_ticks(limits.deadline));
         store.epoch_deadline_trap();
@@ -162,13 +167,14 @@ impl Code for WasmCode {
         "wasm"
     }
 
-    fn instantiate(
+    fn instantiate_with(
         &self,
         settings: &str,
         limits: Limits,
         log: Arc<PluginLog>,
+        shared: Arc<SharedData>,
     ) -> Result<Box<dyn Instance>, Fault> {
-        let (store, instance) = self.raw_instance(limits, log)?;
+        let (store, instance) = self.raw_instance(limits, log, shared)?;
         Ok(Box::new(instance::WasmInstance::init(
             store, instance, settings, limits,
         )?))
