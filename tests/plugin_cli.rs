@@ -90,7 +90,7 @@ fn plugin_new_lua_passes_its_own_cases() {
     let bad = plugboard(dir.path(), &["plugin", "new", "x", "--lang", "cobol"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(
-        text(&bad).contains("--lang cobol: not one of rust, lua"),
+        text(&bad).contains("--lang cobol: not one of rust, lua, c"),
         "{}",
         text(&bad)
     );
@@ -156,8 +156,8 @@ fn plugin_test_catches_a_wrong_expectation() {
     assert!(out.status.success(), "{}", text(&out));
     let project = dir.path().join("rr");
     let cases = std::fs::read_to_string(project.join("CASES.toml")).unwrap();
-    // The fourth case expects backend 2; expect 3 instead.
-    let wrong = cases.replacen("select = 2", "select = 3", 1);
+    // The fourth case expects backend 3; expect 2 instead.
+    let wrong = cases.replacen("select = 3", "select = 2", 1);
     assert_ne!(wrong, cases);
     std::fs::write(project.join("WRONG.toml"), wrong).unwrap();
     let out = plugboard(&project, &["plugin", "test", "rr.lua", "WRONG.toml"]);
@@ -168,11 +168,11 @@ fn plugin_test_catches_a_wrong_expectation() {
         "{t}"
     );
     assert!(
-        t.contains("select-server: expected backend 3 (127.0.0.1:9003)\n")
-            && t.contains("got      backend 2 (127.0.0.1:9002)\n"),
+        t.contains("select-server: expected backend 2 (127.0.0.1:9002)\n")
+            && t.contains("got      backend 3 (127.0.0.1:9003)\n"),
         "{t}"
     );
-    assert!(t.contains("5 cases: 4 passed, 1 failed"), "{t}");
+    assert!(t.contains("6 cases: 5 passed, 1 failed"), "{t}");
     // A plugin without the hook a case expects fails that case too.
     std::fs::write(
         project.join("key-only.lua"),
@@ -391,6 +391,63 @@ fn guide_rust() {
         lib.starts_with(shown),
         "README's Rust block is not the start of the generated src/lib.rs:\n{lib}"
     );
+}
+
+#[test]
+fn guide_c() {
+    if !clang_wasm() {
+        return;
+    }
+    let (dir, blocks) = follow("### Your first plugin in C (WASM)");
+    let file = std::fs::read_to_string(dir.path().join("my-sched/my-sched.c")).unwrap();
+    assert_eq!(block(&blocks, "c"), file, "README's C block");
+}
+
+/// Whether clang and wasm-ld are here (`scripts/build-plugins` installs them); fails the test
+/// unless their absence is an allowed skip.
+fn clang_wasm() -> bool {
+    let found = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    (found("clang") && found("wasm-ld"))
+        || common::missing_dependency("clang", "clang and wasm-ld (lld) are not installed")
+}
+
+#[test]
+fn plugin_new_c_builds_with_clang_and_passes_its_own_cases() {
+    if !clang_wasm() {
+        return;
+    }
+    let dir = outside();
+    for hook in HOOKS {
+        let name = format!("c-{hook}");
+        let out = plugboard(
+            dir.path(),
+            &["plugin", "new", &name, "--lang", "c", "--hook", hook],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        // The build line `plugin new` prints is the one that is run.
+        let printed = text(&out);
+        let build = printed
+            .lines()
+            .find(|l| l.starts_with("clang "))
+            .unwrap_or_else(|| panic!("no build line in:\n{printed}"));
+        let project = dir.path().join(&name);
+        let out = Command::new("sh")
+            .args(["-c", build])
+            .current_dir(&project)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{hook}: {build}: {}", text(&out));
+        let out = plugboard(
+            &project,
+            &["plugin", "test", &format!("{name}.wasm"), "CASES.toml"],
+        );
+        let t = text(&out);
+        assert!(out.status.success(), "{hook}: {t}");
+        assert!(
+            t.contains(" passed, 0 failed") && !t.contains("FAIL"),
+            "{t}"
+        );
+    }
 }
 
 /// The CASES.toml reference in README is a valid file, and passes on a plugin that answers

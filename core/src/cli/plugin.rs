@@ -27,7 +27,7 @@ pub enum PluginCommand {
     /// Write a new plugin project: the plugin, a test, and a CASES.toml.
     New {
         name: String,
-        /// Language: rust or lua.
+        /// Language: rust, lua or c.
         #[arg(long)]
         lang: String,
         /// The hook it implements: select, key or health.

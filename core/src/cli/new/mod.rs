@@ -88,6 +88,18 @@ pub const LANGS: &[Lang] = &[
                plugboard plugin test {{name}}.lua CASES.toml\n",
         needs_sdk: false,
     },
+    Lang {
+        name: "c",
+        common: &[File {
+            path: "plugboard.h",
+            text: include_str!("../../../../sdk/c/plugboard.h"),
+        }],
+        hooks: per_hook!("{{name}}.c", "c", "c"),
+        next: "cd {{dir}}\n\
+               clang --target=wasm32 -nostdlib -O2 -Wl,--no-entry -Wl,--export-dynamic -o {{name}}.wasm {{name}}.c\n\
+               plugboard plugin test {{name}}.wasm CASES.toml\n",
+        needs_sdk: false,
+    },
 ];
 
 /// What `plugin new` was asked for.
