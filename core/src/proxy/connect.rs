@@ -158,18 +158,28 @@ pub fn shared(peer: &mut HttpPeer, cfg: &ServiceConfig) {
 }
 
 /// Makes `peer` (a clone of a backend's prepared peer) connect through a [`BackendConnector`]
-/// for the client at `client` (connected to `local`), and reuse only connections made for it.
-pub fn for_client(peer: &mut HttpPeer, cfg: &ServiceConfig, client: SocketAddr, local: SocketAddr) {
+/// for the client at `client` (connected to `local`, which a `send_proxy` header needs), and
+/// reuse only connections made for it.
+pub fn for_client(
+    peer: &mut HttpPeer,
+    cfg: &ServiceConfig,
+    client: SocketAddr,
+    local: Option<SocketAddr>,
+) {
+    let header = cfg
+        .send_proxy
+        .zip(local)
+        .map(|(v, local)| (v, client, local));
     let mut h = std::hash::DefaultHasher::new();
-    match cfg.send_proxy {
+    match header {
         // The header names the client's port and the address it reached.
-        Some(_) => (client, local).hash(&mut h),
+        Some((_, client, local)) => (client, local).hash(&mut h),
         None => client.ip().to_canonical().hash(&mut h),
     }
     // 0 is what peers without a client have.
     peer.group_key = h.finish() | 1;
     peer.options.custom_l4 = Some(Arc::new(BackendConnector {
-        header: cfg.send_proxy.map(|v| (v, client, local)),
+        header,
         bind: Bind::new(cfg.source, client.ip()),
         connect_timeout: cfg.connect_timeout,
     }));
@@ -240,7 +250,7 @@ mod tests {
     fn group_keys_differ_by_client() {
         let mut a = HttpPeer::new("127.0.0.1:80", false, String::new());
         let mut b = a.clone();
-        let d = addr("127.0.0.1:8080");
+        let d = Some(addr("127.0.0.1:8080"));
         let cfg = service(Some(Version::V2), None);
         for_client(&mut a, &cfg, addr("10.0.0.1:1000"), d);
         for_client(&mut b, &cfg, addr("10.0.0.1:1001"), d);
@@ -251,7 +261,7 @@ mod tests {
 
     #[test]
     fn transparent_pools_by_client_address() {
-        let d = addr("127.0.0.1:8080");
+        let d = Some(addr("127.0.0.1:8080"));
         let cfg = service(None, Some(SourceAddress::Client));
         let key = |c: &str| {
             let mut p = HttpPeer::new("127.0.0.1:80", false, String::new());

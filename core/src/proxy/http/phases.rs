@@ -277,12 +277,12 @@ impl ProxyHttp for HttpService {
         let cfg = r.balancer.config();
         if connect::per_client(cfg) {
             // Its own connector and pool key: a connection carries this client's header or
-            // address.
+            // address. The address the client reached is known for `send_proxy` services.
             let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
                 a.and_then(|a| a.as_inet()).copied()
             };
-            let (Some(client), Some(local)) =
-                (inet(session.client_addr()), inet(session.server_addr()))
+            let (client, local) = (inet(session.client_addr()), inet(session.server_addr()));
+            let Some(client) = client.filter(|_| local.is_some() || cfg.send_proxy.is_none())
             else {
                 return Err(Error::explain(
                     ErrorType::InternalError,
