@@ -204,14 +204,19 @@ address = "{BACKEND}:9090"
         Client::over(connect_in(&cl, CLIENT_A, web)),
         Client::over(connect_in(&cl, CLIENT_B, web)),
     ];
+    let mut seen = Vec::new();
     for (i, who) in [(0, a), (1, b), (0, a), (1, b)] {
         let r = clients[i]
             .get("/", &[])
             .await
             .unwrap_or_else(|e| panic!("{e}: {}", proxy.log_text()));
         assert_eq!(r.status, 200, "{}", proxy.log_text());
-        assert_eq!(ip_of(&r.body), who, "{}", proxy.log_text());
+        let from: SocketAddr = r.body.trim().parse().unwrap();
+        assert_eq!(from.ip(), who, "{}", proxy.log_text());
+        seen.push(from);
     }
+    // The pool was used: each client's second request came over its first one's connection.
+    assert_eq!((seen[0], seen[1]), (seen[2], seen[3]), "{seen:?}");
     // A new connection of A is seen from A too.
     let mut again = Client::over(connect_in(&cl, CLIENT_A, web));
     assert_eq!(ip_of(&again.get("/", &[]).await.unwrap().body), a);
