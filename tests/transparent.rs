@@ -178,6 +178,13 @@ source = "client"
 address = "{BACKEND}:8080"
 
 [[service]]
+name = "web-fixed"
+listen = "{PROXY_FRONT}:81"
+source = "{PROXY_BACK}"
+[[service.backend]]
+address = "{BACKEND}:8080"
+
+[[service]]
 name = "l4"
 mode = "tcp"
 listen = "{PROXY_FRONT}:90"
@@ -220,6 +227,11 @@ address = "{BACKEND}:9090"
     // A new connection of A is seen from A too.
     let mut again = Client::over(connect_in(&cl, CLIENT_A, web));
     assert_eq!(ip_of(&again.get("/", &[]).await.unwrap().body), a);
+
+    // A fixed source, whoever the client.
+    let mut fixed = Client::over(connect_in(&cl, CLIENT_B, addr(PROXY_FRONT, 81)));
+    let r = fixed.get("/", &[]).await.unwrap();
+    assert_eq!(ip_of(&r.body), PROXY_BACK.parse::<IpAddr>().unwrap());
 
     // tcp: the same, per connection; and a fixed source.
     assert_eq!(seen_over_tcp(&cl, CLIENT_A, addr(PROXY_FRONT, 90)).await, a);
