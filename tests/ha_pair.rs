@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{missing_dependency, BIN};
+use common::netns::ip;
+use common::{have, missing_dependency, BIN};
 
 const VIP: &str = "192.0.2.50";
 /// Debian's, in /usr/sbin (not on every user's PATH).
@@ -30,17 +31,6 @@ fn example(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/ha-pair")
         .join(file)
-}
-
-/// Runs `ip ARGS`, panicking with its error output on failure.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The namespaces and every process started in them; all removed on drop.
@@ -280,14 +270,6 @@ impl Drop for Lab {
                 .status();
         }
     }
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 mod backends;
 pub mod haproxy;
+pub mod netns;
 pub mod rdp;
 pub mod redis;
 pub mod tls;
@@ -49,6 +50,15 @@ pub fn missing_dependency(dep: &str, why: &str) -> bool {
         let _ = writeln!(f, "{test}: {why} (allowed by PLUGBOARD_ALLOW_SKIP={dep})");
     }
     false
+}
+
+/// `cmd` is on PATH (or an executable path).
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// An SDK-built plugin from `target/plugins/` (made by `scripts/build-plugins`); `None` only
@@ -133,6 +143,14 @@ pub fn service_toml(
     )
 }
 
+/// `ready` accepts a connection (made in namespace `ns`, if any).
+async fn accepts(ready: SocketAddr, ns: Option<&str>) -> bool {
+    match ns {
+        None => TcpStream::connect(ready).await.is_ok(),
+        Some(ns) => netns::within(ns, || std::net::TcpStream::connect(ready).is_ok()),
+    }
+}
+
 /// A running `plugboard run`, killed on drop.
 pub struct Proxy {
     child: Child,
@@ -167,17 +185,39 @@ impl Proxy {
         .await
     }
 
+    /// As [`Proxy::start`], in network namespace `ns` (`ip netns exec`, which becomes the
+    /// proxy); `ready` is an address there.
+    pub async fn start_in_netns(config: &str, ready: SocketAddr, ns: &str) -> Proxy {
+        Self::launch(config, ready, Some(ns), |_| {}).await
+    }
+
     /// As [`Proxy::start`], with `adjust` applied to the command first.
     pub async fn start_with(
         config: &str,
         ready: SocketAddr,
         adjust: impl FnOnce(&mut Command),
     ) -> Proxy {
+        Self::launch(config, ready, None, adjust).await
+    }
+
+    async fn launch(
+        config: &str,
+        ready: SocketAddr,
+        ns: Option<&str>,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plugboard.toml");
         std::fs::write(&path, config).unwrap();
         let log = dir.path().join("plugboard.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match ns {
+            None => Command::new(BIN),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+        };
         cmd.args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -189,9 +229,8 @@ impl Proxy {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // Every listener is bound once the start-up line is logged.
-            if p.log_text().contains("plugboard starting")
-                && TcpStream::connect(ready).await.is_ok()
-            {
+            // Connections are counted by some tests: one probe, once the line is there.
+            if p.log_text().contains("plugboard starting") && accepts(ready, ns).await {
                 return p;
             }
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -306,11 +345,16 @@ impl Client {
 
     /// Connects from a chosen loopback source address (any of 127.0.0.0/8).
     pub async fn connect_from(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<Client> {
-        let (r, w) = tcp_connect(to, from).await?.into_split();
-        Ok(Client {
+        Ok(Self::over(tcp_connect(to, from).await?))
+    }
+
+    /// A client on a connection made elsewhere (in another network namespace...).
+    pub fn over(tcp: TcpStream) -> Client {
+        let (r, w) = tcp.into_split();
+        Client {
             r: BufReader::new(r),
             w,
-        })
+        }
     }
 
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {

@@ -92,6 +92,15 @@ pub fn summary(cfg: &Config) {
         if let Some(v) = s.send_proxy {
             let _ = writeln!(out, "    send proxy protocol {}", v.as_str());
         }
+        match s.source {
+            Some(crate::config::SourceAddress::Client) => {
+                let _ = writeln!(out, "    backend connections from the client's address");
+            }
+            Some(crate::config::SourceAddress::Fixed(ip)) => {
+                let _ = writeln!(out, "    backend connections from {ip}");
+            }
+            None => {}
+        }
         if s.redirect_https {
             let _ = writeln!(out, "    redirect to https");
         }

@@ -16,6 +16,7 @@ mod proxy;
 mod raw;
 mod report;
 mod service;
+mod source;
 mod tls;
 mod types;
 mod units;

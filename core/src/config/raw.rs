@@ -82,6 +82,7 @@ pub struct Service {
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub send_proxy: Option<Spanned<String>>,
     pub follow: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

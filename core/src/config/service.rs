@@ -107,6 +107,10 @@ pub(super) fn validate(
     if mode == Mode::Udp {
         udp_refusals(r, s);
     }
+    let source = s
+        .source
+        .as_ref()
+        .and_then(|v| super::source::validate(r, v, mode, &backends));
     let follow = s.follow.as_ref().map(|f| f.get_ref().clone());
     if let (Some(f), false) = (&s.follow, mode == Mode::Udp) {
         r.err(f.span(), "follow only applies to mode = \"udp\"");
@@ -165,6 +169,7 @@ pub(super) fn validate(
         accept_proxy,
         send_proxy,
         follow,
+        source,
     })
 }
 

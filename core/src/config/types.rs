@@ -447,6 +447,17 @@ pub struct ServiceConfig {
     pub send_proxy: Option<ProxyVersion>,
     /// udp: the service whose balancing decisions (client IP to backend host) lead this one's.
     pub follow: Option<String>,
+    /// tcp and http: the local address backend connections are made from.
+    pub source: Option<SourceAddress>,
+}
+
+/// `source`: where backend connections come from (any port, the kernel's choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceAddress {
+    /// The client's own address (`IP_TRANSPARENT`).
+    Client,
+    /// A fixed address of this host.
+    Fixed(std::net::IpAddr),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,22 +1,11 @@
 //! Writing a PROXY header at the start of a backend connection (`send_proxy`), built by `ppp`.
 //!
 //! tcp mode writes it with the client's first bytes; health checks with `send_proxy = true`
-//! write one with their own connection's addresses. In http mode pingora connects and pools
-//! upstream connections across clients, so a request of a `send_proxy` service gets a peer
-//! with [`ClientConnector`] (pingora's `custom_l4`: connect, write the header, then pingora
-//! layers TLS if the backend wants it) and a `group_key` from its client's addresses, so a
-//! pooled connection is reused only by the client its header names.
+//! write one with their own connection's addresses. In http mode the header is written by
+//! `proxy::connect::BackendConnector`, the per-client connector of pingora's upstream pool.
 
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::connectors::L4Connect;
-use pingora::prelude::HttpPeer;
-use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::protocols::l4::stream::Stream;
-use pingora::{Error, ErrorType};
 use ppp::{v1, v2};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -61,67 +50,6 @@ pub async fn write_own(tcp: &mut TcpStream, version: Version) -> std::io::Result
     tcp.write_all(&h).await
 }
 
-/// Makes `peer` (a clone of a backend's prepared peer) connect through a
-/// [`ClientConnector`] for this client, and reuse only connections made for it.
-pub fn for_client(
-    peer: &mut HttpPeer,
-    version: Version,
-    source: SocketAddr,
-    destination: SocketAddr,
-    connect_timeout: Duration,
-) {
-    let mut h = std::hash::DefaultHasher::new();
-    (source, destination).hash(&mut h);
-    // 0 is what peers without a client have.
-    peer.group_key = h.finish() | 1;
-    peer.options.custom_l4 = Some(std::sync::Arc::new(ClientConnector {
-        version,
-        source,
-        destination,
-        connect_timeout,
-    }));
-}
-
-/// pingora's L4 connector for one client of a `send_proxy` http service: connects within
-/// the service's `connect_timeout` (pingora does not time a custom connector) and writes the
-/// client's header before anything else, TLS included.
-#[derive(Debug)]
-pub struct ClientConnector {
-    version: Version,
-    source: SocketAddr,
-    destination: SocketAddr,
-    connect_timeout: Duration,
-}
-
-#[async_trait]
-impl L4Connect for ClientConnector {
-    async fn connect(&self, addr: &PeerAddr) -> pingora::Result<Stream> {
-        let Some(&addr) = addr.as_inet() else {
-            return Error::e_explain(ErrorType::ConnectError, "send_proxy needs an IP backend");
-        };
-        let connect = async {
-            let mut tcp = crate::proxy::tcp::connect(addr).await?;
-            tcp.write_all(&header(self.version, self.source, self.destination))
-                .await?;
-            Ok::<_, std::io::Error>(tcp)
-        };
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(tcp)) => Ok(Stream::from(tcp)),
-            Ok(Err(e)) => {
-                let kind = match e.kind() {
-                    std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
-                    _ => ErrorType::ConnectError,
-                };
-                Err(Error::because(kind, format!("connecting to {addr}"), e))
-            }
-            Err(_) => Error::e_explain(
-                ErrorType::ConnectTimedout,
-                format!("timeout {:?} connecting to {addr}", self.connect_timeout),
-            ),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,18 +85,5 @@ mod tests {
             header(Version::V1, addr("10.0.0.9:1000"), addr("[2001:db8::1]:80")),
             b"PROXY TCP6 ::ffff:10.0.0.9 2001:db8::1 1000 80\r\n"
         );
-    }
-
-    #[test]
-    fn group_keys_differ_by_client() {
-        let mut a = HttpPeer::new("127.0.0.1:80", false, String::new());
-        let mut b = a.clone();
-        let d = addr("127.0.0.1:8080");
-        let t = Duration::from_secs(1);
-        for_client(&mut a, Version::V2, addr("10.0.0.1:1000"), d, t);
-        for_client(&mut b, Version::V2, addr("10.0.0.1:1001"), d, t);
-        assert_ne!(a.group_key, b.group_key);
-        assert_ne!(a.group_key, 0);
-        assert!(a.options.custom_l4.is_some());
     }
 }

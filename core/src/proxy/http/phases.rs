@@ -5,8 +5,9 @@
 //! | `request_filter`         | route to a service (by host and path), redirect if asked;   |
 //! |                          | persistence-key hook, then choose a backend (503 if none)   |
 //! | `upstream_peer`          | hand pingora the chosen backend; re-choose after a failure; |
-//! |                          | with `send_proxy`, a peer whose connections carry a PROXY   |
-//! |                          | header and are pooled for this client only                  |
+//! |                          | with `send_proxy` or `source = "client"`, a peer whose      |
+//! |                          | connections carry this client's PROXY header or address and |
+//! |                          | are pooled for this client only                             |
 //! | `fail_to_connect`        | passive health mark, retry once elsewhere (GET/HEAD)        |
 //! | `upstream_request_filter`| add `X-Forwarded-For`, set `X-Forwarded-Proto`              |
 //! | `response_filter`        | persistence hook's response step (e.g. insert a cookie)     |
@@ -35,7 +36,7 @@ use crate::balance::pool::ActiveGuard;
 use crate::config::ServiceConfig;
 use crate::observe::access_log::{AccessLog, HttpLine, TlsFields};
 use crate::observe::metrics::seconds;
-use crate::proxy_protocol::send;
+use crate::proxy::connect;
 
 /// One service of a listen address.
 pub struct Route {
@@ -88,6 +89,7 @@ fn peer(cfg: &ServiceConfig, b: &crate::config::BackendConfig) -> Result<HttpPee
     p.options.read_timeout = Some(cfg.idle_timeout);
     p.options.write_timeout = Some(cfg.idle_timeout);
     p.options.idle_timeout = Some(cfg.idle_timeout);
+    connect::shared(&mut p, cfg);
     Ok(p)
 }
 
@@ -273,20 +275,21 @@ impl ProxyHttp for HttpService {
         let r = ctx.route();
         let mut peer = Box::new(r.peers[i].clone());
         let cfg = r.balancer.config();
-        if let Some(version) = cfg.send_proxy {
-            // Its own connector and pool key: a connection starts with this client's header.
+        if connect::per_client(cfg) {
+            // Its own connector and pool key: a connection carries this client's header or
+            // address. The address the client reached is known for `send_proxy` services.
             let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| {
                 a.and_then(|a| a.as_inet()).copied()
             };
-            let (Some(client), Some(local)) =
-                (inet(session.client_addr()), inet(session.server_addr()))
+            let (client, local) = (inet(session.client_addr()), inet(session.server_addr()));
+            let Some(client) = client.filter(|_| local.is_some() || cfg.send_proxy.is_none())
             else {
                 return Err(Error::explain(
                     ErrorType::InternalError,
-                    "send_proxy: the client connection's addresses are unknown",
+                    "send_proxy or source: the client connection's addresses are unknown",
                 ));
             };
-            send::for_client(&mut peer, version, client, local, cfg.connect_timeout);
+            connect::for_client(&mut peer, cfg, client, local);
         }
         ctx.active = Some(r.balancer.pool.acquire(i));
         Ok(peer)

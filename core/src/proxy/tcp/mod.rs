@@ -14,7 +14,8 @@
 //! With `accept_proxy` a connection's PROXY header is read first (within `inspect_timeout`,
 //! before TLS) and its client address is the connection's from then on; with `send_proxy`
 //! the backend connection begins with a header for that client (before TLS to the backend,
-//! in the same write as the inspected bytes otherwise).
+//! in the same write as the inspected bytes otherwise). With `source`, the backend connection
+//! is made from the client's address or a fixed one ([`crate::proxy::connect`]).
 
 pub mod relay;
 
@@ -36,6 +37,7 @@ use crate::config::Mode;
 use crate::io::limits::{Limits, Slots, Tally};
 use crate::io::listener;
 use crate::observe::access_log::{AccessLog, TcpEnd, TcpLine, TlsFields};
+use crate::proxy::connect::{connect, Bind};
 use crate::proxy_protocol::send;
 use relay::relay;
 use relay::Relayed;
@@ -211,27 +213,6 @@ async fn inspect<S: AsyncRead + Unpin>(
     }
 }
 
-/// Connects without the `getsockopt(SO_ERROR)` that tokio's connect makes: on Linux a failed
-/// non-blocking connect reports an error or hang-up event with its writability, so the
-/// readiness alone tells (as HAProxy does).
-pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
-    s.set_tcp_nodelay(true)?;
-    match s.connect(&addr.into()) {
-        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
-        _ => {}
-    }
-    let tcp = TcpStream::from_std(s.into())?;
-    let ready = tcp.ready(tokio::io::Interest::WRITABLE).await?;
-    if ready.is_error() || ready.is_write_closed() {
-        return Err(tcp
-            .take_error()?
-            .unwrap_or_else(|| std::io::ErrorKind::ConnectionRefused.into()));
-    }
-    Ok(tcp)
-}
-
 /// What a connection's access log line reports.
 struct Outcome {
     backend: Option<usize>,
@@ -379,6 +360,7 @@ impl Target {
         // Inspection is over: a key kind still waiting for bytes yields to the next one.
         let outcome = b.key_final(&req);
 
+        let bind = Bind::new(cfg.source, peer.ip());
         let mut failed: Vec<usize> = Vec::new();
         let mut persisted = Persisted::None;
         let done = |failed: &[usize], persisted, end| Outcome {
@@ -398,7 +380,9 @@ impl Target {
                     false => done(&failed, persisted, TcpEnd::ConnectFailure),
                 };
             };
-            match tokio::time::timeout(cfg.connect_timeout, connect(b.pool.get(i).address)).await {
+            match tokio::time::timeout(cfg.connect_timeout, connect(b.pool.get(i).address, bind))
+                .await
+            {
                 Ok(Ok(s)) => break (i, s),
                 _ => {
                     b.connect_failed(i);
