@@ -59,6 +59,7 @@ pub fn exercise(path: &Path, settings: &str, limits: Limits) -> Result<String, S
                 address,
                 weight: 1,
                 enabled: true,
+                max_connections: None,
             }
         })
         .collect();
