@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -117,13 +117,81 @@ async fn read_head(s: &mut BufReader<TcpStream>) -> Option<String> {
     first.split(' ').nth(1).map(str::to_string)
 }
 
-/// `[proxy]` with 2 threads, metrics on `metrics` and a text access log at `log`, then
-/// `services`. The proxy is started ready on `metrics`: the readiness probe's connection to
-/// a tcp listener would reach (and count at) its backend.
-fn config(metrics: SocketAddr, log: &Path, services: &str) -> String {
-    format!(
-        "[proxy]\nthreads = 2\nmetrics = \"{metrics}\"\naccess_log = {{ path = \"{}\", format = \"text\" }}\n\n{services}",
-        log.display()
+/// A running proxy with 2 threads, metrics and a text access log. It is started ready on
+/// its metrics address: the readiness probe's connection to a tcp listener would reach (and
+/// count at) its backend.
+struct Run {
+    metrics: SocketAddr,
+    log: PathBuf,
+    _proxy: Proxy,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    async fn start(services: &str) -> Run {
+        let metrics = free_addr();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("access.log");
+        let cfg = format!(
+            "[proxy]\nthreads = 2\nmetrics = \"{metrics}\"\naccess_log = {{ path = \"{}\", format = \"text\" }}\n\n{services}",
+            log.display()
+        );
+        Run {
+            _proxy: Proxy::start(&cfg, metrics).await,
+            metrics,
+            log,
+            _dir: dir,
+        }
+    }
+
+    async fn scrape(&self) -> String {
+        scrape(self.metrics).await
+    }
+
+    /// Waits until `series` reads `want`.
+    async fn until_metric(&self, series: &str, want: f64) {
+        let mut last = None;
+        let ok = eventually(PATIENCE, async || {
+            last = metric(&self.scrape().await, series);
+            last == Some(want)
+        })
+        .await;
+        assert!(ok, "{series} never read {want} (last {last:?})");
+    }
+
+    /// Access log lines containing `needle`.
+    fn logged(&self, needle: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until `n` access log lines contain `needle`; returns them.
+    async fn until_logged(&self, needle: &str, n: usize) -> Vec<String> {
+        let ok = eventually(PATIENCE, async || self.logged(needle).len() == n).await;
+        assert!(ok, "not {n} lines with {needle:?}: {:?}", self.logged(""));
+        self.logged(needle)
+    }
+}
+
+/// A service of one backend limited to `max` in flight, with `extra` service keys.
+fn limited(
+    name: &str,
+    mode: &str,
+    listen: SocketAddr,
+    extra: &str,
+    backend: SocketAddr,
+    max: u32,
+) -> String {
+    service(
+        name,
+        mode,
+        listen,
+        extra,
+        &[(backend, &format!("max_connections = {max}"))],
     )
 }
 
@@ -155,17 +223,6 @@ fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Waits until `series` reads `want` at `metrics`.
-async fn until_metric(metrics: SocketAddr, series: &str, want: f64) {
-    let mut last = None;
-    let ok = eventually(PATIENCE, async || {
-        last = metric(&scrape(metrics).await, series);
-        last == Some(want)
-    })
-    .await;
-    assert!(ok, "{series} never read {want} (last {last:?})");
-}
-
 /// A GET of `path` on its own connection, in a task.
 fn spawn_get(listen: SocketAddr, path: &str, headers: &[(&str, &str)]) -> JoinHandle<Response> {
     let path = path.to_string();
@@ -193,31 +250,30 @@ fn queue_len(service: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_requests_beyond_the_limit_wait_and_are_served_in_order() {
     let gate = Gate::start().await;
-    let (listen, metrics) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let svc = service(
+    let listen = free_addr();
+    let run = Run::start(&limited(
         "web",
         "http",
         listen,
         "queue_timeout = \"60s\"",
-        &[(gate.addr, "max_connections = 2")],
-    );
-    let _p = Proxy::start(&config(metrics, &log, &svc), metrics).await;
+        gate.addr,
+        2,
+    ))
+    .await;
 
     let mut answers = vec![spawn_get(listen, "/1", &[]), spawn_get(listen, "/2", &[])];
     gate.until_arrived(2).await;
     // Each joins the queue before the next is sent, so the queue's order is known.
     for (n, path) in ["/3", "/4", "/5"].iter().enumerate() {
         answers.push(spawn_get(listen, path, &[]));
-        until_metric(metrics, &queue_len("web"), n as f64 + 1.0).await;
+        run.until_metric(&queue_len("web"), n as f64 + 1.0).await;
     }
     assert_eq!(
         gate.arrived().len(),
         2,
         "the queued requests did not reach the backend"
     );
-    let text = scrape(metrics).await;
+    let text = run.scrape().await;
     let backend = format!("backend=\"{}\",service=\"web\"", gate.addr);
     assert_eq!(
         metric(
@@ -250,7 +306,7 @@ async fn http_requests_beyond_the_limit_wait_and_are_served_in_order() {
         2,
         "the backend held more than max_connections at once"
     );
-    let text = scrape(metrics).await;
+    let text = run.scrape().await;
     assert_eq!(metric(&text, &queue_len("web")), Some(0.0));
     assert_eq!(
         metric(&text, "plugboard_queued_total{service=\"web\"}"),
@@ -260,37 +316,31 @@ async fn http_requests_beyond_the_limit_wait_and_are_served_in_order() {
         metric(&text, "plugboard_queue_wait_seconds_count{service=\"web\"}"),
         Some(3.0)
     );
-    let ok = eventually(PATIENCE, async || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches(" queue=served/")
-            .count()
-            == 3
-    })
-    .await;
-    assert!(ok, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    run.until_logged(" queue=served/", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_waits_end_in_503_after_queue_timeout_or_when_the_queue_is_full() {
     let (short, full) = (Gate::start().await, Gate::start().await);
-    let (l1, l2, metrics) = (free_addr(), free_addr(), free_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let services = service(
-        "short",
-        "http",
-        l1,
-        "queue_timeout = \"200ms\"",
-        &[(short.addr, "max_connections = 1")],
-    ) + &service(
-        "full",
-        "http",
-        l2,
-        "queue_timeout = \"60s\"\nqueue_max = 1",
-        &[(full.addr, "max_connections = 1")],
-    );
-    let _p = Proxy::start(&config(metrics, &log, &services), metrics).await;
+    let (l1, l2) = (free_addr(), free_addr());
+    let run = Run::start(
+        &(limited(
+            "short",
+            "http",
+            l1,
+            "queue_timeout = \"200ms\"",
+            short.addr,
+            1,
+        ) + &limited(
+            "full",
+            "http",
+            l2,
+            "queue_timeout = \"60s\"\nqueue_max = 1",
+            full.addr,
+            1,
+        )),
+    )
+    .await;
 
     // queue_timeout: the held request keeps the only slot; the next waits, then gets 503.
     let held = spawn_get(l1, "/held", &[]);
@@ -306,7 +356,7 @@ async fn http_waits_end_in_503_after_queue_timeout_or_when_the_queue_is_full() {
     let held = spawn_get(l2, "/held", &[]);
     full.until_arrived(1).await;
     let waiting = spawn_get(l2, "/waiting", &[]);
-    until_metric(metrics, &queue_len("full"), 1.0).await;
+    run.until_metric(&queue_len("full"), 1.0).await;
     let r = get_once(l2, "/refused").await.unwrap();
     assert_eq!(r.status, 503);
     full.release(2);
@@ -314,72 +364,36 @@ async fn http_waits_end_in_503_after_queue_timeout_or_when_the_queue_is_full() {
     assert_eq!(waiting.await.unwrap().status, 200);
     assert_eq!(full.arrived(), ["/held", "/waiting"]);
 
-    let text = scrape(metrics).await;
-    assert_eq!(
-        metric(
-            &text,
-            "plugboard_queue_refused_total{reason=\"timeout\",service=\"short\"}"
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "plugboard_queue_refused_total{reason=\"full\",service=\"full\"}"
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(
-            &text,
-            "plugboard_queue_refused_total{reason=\"timeout\",service=\"full\"}"
-        ),
-        Some(0.0)
-    );
-    let lines = |needle: &str| {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    let ok = eventually(PATIENCE, async || lines(" 503 ").len() == 2).await;
-    assert!(ok, "{:?}", lines(""));
-    let timeout = lines("GET test/late");
+    let text = run.scrape().await;
+    let refused =
+        |labels: &str| metric(&text, &format!("plugboard_queue_refused_total{{{labels}}}"));
+    assert_eq!(refused("reason=\"timeout\",service=\"short\""), Some(1.0));
+    assert_eq!(refused("reason=\"full\",service=\"full\""), Some(1.0));
+    assert_eq!(refused("reason=\"timeout\",service=\"full\""), Some(0.0));
+    run.until_logged(" 503 ", 2).await;
+    let timeout = run.logged("GET test/late");
     assert!(
         timeout[0].contains(" short - 503 ") && timeout[0].contains(" queue=timeout/"),
         "{timeout:?}"
     );
-    let refused = lines("GET test/refused");
+    let refused = run.logged("GET test/refused");
     assert!(refused[0].contains(" queue=full/0.0 "), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connections_beyond_the_limit_wait_then_are_relayed_or_closed() {
     let (a, b) = (TcpBackend::start().await, TcpBackend::start().await);
-    let (l1, l2, metrics) = (free_addr(), free_addr(), free_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let services = service(
-        "wait",
-        "tcp",
-        l1,
-        "queue_timeout = \"60s\"",
-        &[(a.addr, "max_connections = 1")],
-    ) + &service(
-        "give-up",
-        "tcp",
-        l2,
-        "queue_timeout = \"200ms\"",
-        &[(b.addr, "max_connections = 1")],
-    );
-    let _p = Proxy::start(&config(metrics, &log, &services), metrics).await;
+    let (l1, l2) = (free_addr(), free_addr());
+    let run = Run::start(
+        &(limited("wait", "tcp", l1, "queue_timeout = \"60s\"", a.addr, 1)
+            + &limited("give-up", "tcp", l2, "queue_timeout = \"200ms\"", b.addr, 1)),
+    )
+    .await;
 
     let (name, first) = tcp_banner(l1, None).await.unwrap();
     assert_eq!(name, a.addr.to_string());
     let mut second = BufReader::new(TcpStream::connect(l1).await.unwrap());
-    until_metric(metrics, &queue_len("wait"), 1.0).await;
+    run.until_metric(&queue_len("wait"), 1.0).await;
     assert_eq!(a.conns(), 1, "the waiting connection reached the backend");
     drop(first);
     let mut line = String::new();
@@ -404,7 +418,7 @@ async fn tcp_connections_beyond_the_limit_wait_then_are_relayed_or_closed() {
     assert_eq!(n, 0, "got {:?} instead of a close", &buf[..n]);
     assert_eq!(b.conns(), 1);
     drop(held);
-    let text = scrape(metrics).await;
+    let text = run.scrape().await;
     assert_eq!(
         metric(
             &text,
@@ -416,22 +430,15 @@ async fn tcp_connections_beyond_the_limit_wait_then_are_relayed_or_closed() {
         metric(&text, "plugboard_queued_total{service=\"wait\"}"),
         Some(1.0)
     );
-    let ok = eventually(PATIENCE, async || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("end=queue_timeout queue=timeout/")
-    })
-    .await;
-    assert!(ok, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    run.until_logged("end=queue_timeout queue=timeout/", 1)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_clients_wait_for_their_own_backend() {
     let (x, y) = (Gate::start().await, Gate::start().await);
-    let (listen, metrics) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let svc = service(
+    let listen = free_addr();
+    let run = Run::start(&service(
         "web",
         "http",
         listen,
@@ -440,8 +447,8 @@ async fn pinned_clients_wait_for_their_own_backend() {
             (x.addr, "max_connections = 1"),
             (y.addr, "max_connections = 1"),
         ],
-    );
-    let _p = Proxy::start(&config(metrics, &log, &svc), metrics).await;
+    ))
+    .await;
 
     // The first request pins u1 to one backend; call it mine, the other one other.
     x.release(1);
@@ -457,7 +464,7 @@ async fn pinned_clients_wait_for_their_own_backend() {
     let held = spawn_get(listen, "/held", &[("X-User", "u1")]);
     mine.until_arrived(2).await;
     let waiting = spawn_get(listen, "/waiting", &[("X-User", "u1")]);
-    until_metric(metrics, &queue_len("web"), 1.0).await;
+    run.until_metric(&queue_len("web"), 1.0).await;
     // Not pinned (a new user): the other backend has room, it does not queue.
     let free = spawn_get(listen, "/free", &[("X-User", "u2")])
         .await
@@ -468,7 +475,7 @@ async fn pinned_clients_wait_for_their_own_backend() {
         free.body
     );
     assert_eq!(
-        metric(&scrape(metrics).await, &queue_len("web")),
+        metric(&run.scrape().await, &queue_len("web")),
         Some(1.0),
         "u1 still waits for its backend"
     );
@@ -510,39 +517,31 @@ async fn an_agents_maxconn_sets_the_limit_live() {
     let ip: IpAddr = [127, 66, (port % 250) as u8, 1].into();
     let gate = Gate::start_on(SocketAddr::new(ip, free_addr().port())).await;
     let (answer, _agent) = agent(ip, port).await;
-    let (listen, metrics) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("access.log");
-    let svc = service(
-        "web",
-        "http",
-        listen,
-        &format!("queue_timeout = \"60s\"\nscheduler = \"plugin:agent-load\"\n[service.plugin.agent-load]\ninterval = \"100ms\"\nprotocol = \"haproxy\"\nport = {port}"),
-        &[(gate.addr, "max_connections = 1")],
-    );
-    let _p = Proxy::start(&config(metrics, &log, &svc), metrics).await;
+    let listen = free_addr();
+    let plugin = format!("queue_timeout = \"60s\"\nscheduler = \"plugin:agent-load\"\n[service.plugin.agent-load]\ninterval = \"100ms\"\nprotocol = \"haproxy\"\nport = {port}");
+    let run = Run::start(&limited("web", "http", listen, &plugin, gate.addr, 1)).await;
     let limit = format!(
         "plugboard_backend_max_connections{{backend=\"{}\",service=\"web\"}}",
         gate.addr
     );
-    until_metric(metrics, &limit, 1.0).await;
+    run.until_metric(&limit, 1.0).await;
 
     let mut answers = vec![spawn_get(listen, "/1", &[])];
     gate.until_arrived(1).await;
     answers.push(spawn_get(listen, "/2", &[]));
-    until_metric(metrics, &queue_len("web"), 1.0).await;
+    run.until_metric(&queue_len("web"), 1.0).await;
     // The agent raises the limit: the waiter goes at once, and one more fits.
     *answer.lock().unwrap() = "maxconn:3".into();
-    until_metric(metrics, &limit, 3.0).await;
+    run.until_metric(&limit, 3.0).await;
     gate.until_arrived(2).await;
     answers.push(spawn_get(listen, "/3", &[]));
     gate.until_arrived(3).await;
     answers.push(spawn_get(listen, "/4", &[]));
-    until_metric(metrics, &queue_len("web"), 1.0).await;
+    run.until_metric(&queue_len("web"), 1.0).await;
     // maxconn:0 withdraws the agent's limit: the configured 1 applies again, so /4 waits
     // until nothing else is in flight.
     *answer.lock().unwrap() = "maxconn:0".into();
-    until_metric(metrics, &limit, 1.0).await;
+    run.until_metric(&limit, 1.0).await;
     gate.release(3);
     gate.until_arrived(4).await;
     gate.release(1);
