@@ -123,7 +123,7 @@ async fn read_head(s: &mut BufReader<TcpStream>) -> Option<String> {
 struct Run {
     metrics: SocketAddr,
     log: PathBuf,
-    _proxy: Proxy,
+    proxy: Proxy,
     _dir: tempfile::TempDir,
 }
 
@@ -137,11 +137,20 @@ impl Run {
             log.display()
         );
         Run {
-            _proxy: Proxy::start(&cfg, metrics).await,
+            proxy: Proxy::start(&cfg, metrics).await,
             metrics,
             log,
             _dir: dir,
         }
+    }
+
+    /// Replaces what follows `[proxy]` in the configuration file with `rest` (then reload).
+    fn rewrite(&self, rest: &str) {
+        let path = self.proxy.dir.path().join("plugboard.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The `[proxy]` table ends at the first blank line.
+        let head = &text[..text.find("\n\n").unwrap() + 2];
+        std::fs::write(&path, format!("{head}{rest}")).unwrap();
     }
 
     async fn scrape(&self) -> String {
@@ -418,14 +427,13 @@ async fn tcp_connections_beyond_the_limit_wait_then_are_relayed_or_closed() {
     assert_eq!(n, 0, "got {:?} instead of a close", &buf[..n]);
     assert_eq!(b.conns(), 1);
     drop(held);
+    // Counted once the connection's task ends, just after the close the client saw.
+    run.until_metric(
+        "plugboard_tcp_connections_total{end=\"queue_timeout\",service=\"give-up\"}",
+        1.0,
+    )
+    .await;
     let text = run.scrape().await;
-    assert_eq!(
-        metric(
-            &text,
-            "plugboard_tcp_connections_total{end=\"queue_timeout\",service=\"give-up\"}"
-        ),
-        Some(1.0)
-    );
     assert_eq!(
         metric(&text, "plugboard_queued_total{service=\"wait\"}"),
         Some(1.0)
@@ -550,4 +558,75 @@ async fn an_agents_maxconn_sets_the_limit_live() {
     }
     assert_eq!(gate.arrived(), ["/1", "/2", "/3", "/4"]);
     assert_eq!(gate.most(), 3, "never more than the agent's maxconn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_and_reloads_move_the_waiters() {
+    let (x, y) = (Gate::start().await, Gate::start().await);
+    let (listen, admin) = (free_addr(), free_addr());
+    let svc = |max: u32| {
+        let limit = format!("max_connections = {max}");
+        with_admin(
+            admin,
+            &service(
+                "web",
+                "http",
+                listen,
+                "queue_timeout = \"60s\"\npersistence = { key = \"header:X-User\" }",
+                &[(x.addr, &limit), (y.addr, &limit)],
+            ),
+        )
+    };
+    let run = Run::start(&svc(1)).await;
+
+    // u1 is pinned to mine, which is full; its next request waits for it.
+    x.release(1);
+    y.release(1);
+    let r = spawn_get(listen, "/pin", &[("X-User", "u1")])
+        .await
+        .unwrap();
+    let (mine, other) = match r.body.ends_with(&x.addr.to_string()) {
+        true => (&x, &y),
+        false => (&y, &x),
+    };
+    let held = spawn_get(listen, "/held", &[("X-User", "u1")]);
+    mine.until_arrived(2).await;
+    let waiting = spawn_get(listen, "/waiting", &[("X-User", "u1")]);
+    run.until_metric(&queue_len("web"), 1.0).await;
+    // Maintenance on its backend: the waiter is rebalanced to the other, which has room.
+    let (code, _, err) = ctl(admin, None, &["maint", "web", &mine.addr.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let w = waiting.await.unwrap();
+    assert!(w.body.ends_with(&other.addr.to_string()), "{}", w.body);
+    assert_eq!(
+        ctl(admin, None, &["ready", "web", &mine.addr.to_string()]).0,
+        0
+    );
+    mine.release(1);
+    assert_eq!(held.await.unwrap().status, 200);
+
+    // Both full (no key: the scheduler spreads them), a third waits; a reload that raises
+    // max_connections lets it in.
+    let mut answers = vec![spawn_get(listen, "/a", &[]), spawn_get(listen, "/b", &[])];
+    let both = eventually(PATIENCE, async || {
+        x.arrived().len() + y.arrived().len() == 5
+    })
+    .await;
+    assert!(both, "{:?} {:?}", x.arrived(), y.arrived());
+    answers.push(spawn_get(listen, "/c", &[]));
+    run.until_metric(&queue_len("web"), 1.0).await;
+    run.rewrite(&svc(2));
+    let (code, out, err) = ctl(admin, None, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let third = eventually(PATIENCE, async || {
+        x.arrived().contains(&"/c".to_string()) || y.arrived().contains(&"/c".to_string())
+    })
+    .await;
+    assert!(third, "{:?} {:?}", x.arrived(), y.arrived());
+    run.until_metric(&queue_len("web"), 0.0).await;
+    x.release(3);
+    y.release(3);
+    for a in answers {
+        assert_eq!(a.await.unwrap().status, 200);
+    }
 }
