@@ -593,6 +593,31 @@ async fn maintenance_and_reloads_move_the_waiters() {
     mine.until_arrived(2).await;
     let waiting = spawn_get(listen, "/waiting", &[("X-User", "u1")]);
     run.until_metric(&queue_len("web"), 1.0).await;
+    // The API shows the queue and the limit; ctl shows in-flight against it.
+    let (code, body) = api(
+        "GET",
+        &format!("http://{admin}/api/v1/services/web"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["queue"], 1, "{view}");
+    assert!(
+        view["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["max_connections"] == 1),
+        "{view}"
+    );
+    let (code, out, err) = ctl(admin, None, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&mine.addr.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.split_whitespace().any(|w| w == "1/1"), "{out}");
     // Maintenance on its backend: the waiter is rebalanced to the other, which has room.
     let (code, _, err) = ctl(admin, None, &["maint", "web", &mine.addr.to_string()]);
     assert_eq!(code, 0, "{err}");
