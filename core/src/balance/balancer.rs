@@ -2,7 +2,8 @@
 //!
 //! A [`Balancer`] owns the service's pool and its three hooks. For every request or
 //! connection the proxy calls, in order: [`Balancer::key`] (persistence-key hook),
-//! [`Balancer::choose`] (persistence table, then select-server hook), and at the end
+//! [`Balancer::admit`] (persistence table, then select-server hook, the backend's slot taken,
+//! waiting in the queue when everything usable is full; see `admission.rs`), and at the end
 //! [`Balancer::on_response`] (the persistence hook's response step, http only). Failed
 //! connects come back through [`Balancer::connect_failed`], health checks through
 //! [`Balancer::observe`].
