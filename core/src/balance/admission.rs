@@ -108,7 +108,11 @@ impl Balancer {
                     let q = queued(QueueEnd::NoBackend);
                     return self.admitted(req, None, persisted, q);
                 }
-                Decision::Wait(_) => {}
+                Decision::Wait(w) => {
+                    if ticket.wait_for(w.map(|i| self.pool.get(i).id)) {
+                        continue;
+                    }
+                }
             }
             if tokio::time::timeout_at(deadline, ticket.woken())
                 .await

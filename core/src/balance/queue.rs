@@ -14,7 +14,7 @@
 //! consistent), so either the waiter sees the free slot or the release sees the waiter.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -31,8 +31,10 @@ pub struct WaitQueue {
 
 #[derive(Debug)]
 struct Waiter {
-    /// Persistence sends it to this backend; `None`: any backend will do.
-    backend: Option<BackendId>,
+    /// Persistence sends it to the backend `backend` holds (a [`BackendId`]); else any
+    /// backend will do. Changed by [`Ticket::wait_for`] when a new decision names another.
+    pinned: AtomicBool,
+    backend: AtomicU64,
     /// Told to decide again and has not yet; a release skips it and wakes the next one.
     woken: AtomicBool,
     notify: Notify,
@@ -61,7 +63,8 @@ impl WaitQueue {
     /// when `max` are already waiting.
     pub fn join(&self, backend: Option<BackendId>, max: usize) -> Option<Ticket<'_>> {
         let waiter = Arc::new(Waiter {
-            backend,
+            pinned: AtomicBool::new(backend.is_some()),
+            backend: AtomicU64::new(backend.map_or(0, |b| b.0)),
             woken: AtomicBool::new(false),
             notify: Notify::new(),
         });
@@ -86,9 +89,9 @@ impl WaitQueue {
         let list = self.lock();
         let first = list.iter().find(|w| {
             !w.woken.load(SeqCst)
-                && match w.backend {
-                    Some(b) => b == id,
-                    None => open,
+                && match w.pinned.load(SeqCst) {
+                    true => w.backend.load(SeqCst) == id.0,
+                    false => open,
                 }
         });
         if let Some(w) = first {
@@ -114,6 +117,18 @@ impl Ticket<'_> {
     /// Call before deciding again: a release from now on wakes this waiter.
     pub fn rearm(&self) {
         self.waiter.woken.store(false, SeqCst);
+    }
+
+    /// The waiter now waits for `backend` (or any): a decision made again may name another
+    /// one (its pin expired or moved). True if that changed: decide again before waiting, as
+    /// a release for the new one may have passed it by.
+    pub fn wait_for(&self, backend: Option<BackendId>) -> bool {
+        let _list = self.queue.lock();
+        let w = &self.waiter;
+        let (pinned, id) = (backend.is_some(), backend.map_or(0, |b| b.0));
+        let pin_changed = w.pinned.swap(pinned, SeqCst) != pinned;
+        let id_changed = w.backend.swap(id, SeqCst) != id;
+        pin_changed || id_changed
     }
 
     /// Until a release (or a change) wakes this waiter; a wake that came since
@@ -176,6 +191,14 @@ mod tests {
         pinned.woken().await;
         drop(any);
         assert_eq!(q.waiting(), 1);
+        // Its pin moved to a: a's slots are its now, b's no longer.
+        assert!(pinned.wait_for(Some(id("a"))));
+        assert!(!pinned.wait_for(Some(id("a"))));
+        pinned.rearm();
+        q.released(id("b"), true);
+        assert!(!pinned.waiter.woken.load(SeqCst));
+        q.released(id("a"), false);
+        assert!(pinned.waiter.woken.load(SeqCst));
     }
 
     #[test]
