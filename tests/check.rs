@@ -588,3 +588,58 @@ fn udp_services_show_in_the_summary() {
         "{out}"
     );
 }
+
+#[test]
+fn connection_limits_and_the_queue_are_checked_at_their_lines() {
+    let cfg = r#"[[service]]
+name = "web"
+listen = "127.0.0.1:7500"
+queue_timeout = "soon"
+queue_max = 0
+[[service.backend]]
+address = "127.0.0.1:5"
+max_connections = 0
+[[service.backend]]
+address = "127.0.0.1:6"
+max_connections = 99999999999
+
+[[service]]
+name = "dns"
+listen = "127.0.0.1:7501"
+mode = "udp"
+queue_timeout = "1s"
+queue_max = 10
+[[service.backend]]
+address = "127.0.0.1:5"
+max_connections = 3
+"#;
+    let e = errors(cfg);
+    let expect = [
+        "F:4:17: queue_timeout: invalid duration \"soon\"",
+        "F:5:13: queue_max: 0 is out of range 1..=1000000",
+        "F:8:19: max_connections: 0 is out of range 1..=10000000",
+        "F:11:19: max_connections: 99999999999 is out of range 1..=10000000",
+        "F:17:17: queue_timeout does not apply to mode = \"udp\"",
+        "F:18:13: queue_max does not apply to mode = \"udp\"",
+        "F:21:19: max_connections of a backend does not apply to mode = \"udp\"",
+    ];
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(expect) {
+        assert!(got.starts_with(want), "got {got:?}\nwant {want:?}");
+    }
+}
+
+#[test]
+fn connection_limits_and_the_queue_show_in_the_summary() {
+    let (_d, path) = write_config(
+        "[[service]]\nname = \"web\"\nlisten = \"127.0.0.1:7502\"\nqueue_timeout = \"2s\"\nqueue_max = 50\n[[service.backend]]\naddress = \"127.0.0.1:5\"\nmax_connections = 20\n[[service.backend]]\naddress = \"127.0.0.1:6\"\n",
+    );
+    let (code, out, err) = check(&path);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("backend 127.0.0.1:5 weight 1 max_connections 20\n"),
+        "{out}"
+    );
+    assert!(out.contains("backend 127.0.0.1:6 weight 1\n"), "{out}");
+    assert!(out.contains("queue up to 50 for 2s"), "{out}");
+}

@@ -2,7 +2,7 @@
 //!
 //! The plugins are the example plugins (`examples/plugins/`): WASM ones built by
 //! `scripts/build-plugins` into `target/plugins/`. What is timed is what the proxy calls per
-//! request: `Balancer::choose` (select-server) and `Balancer::key` (persistence-key); the
+//! request: `Balancer::decide` (select-server, its slot taken and given back) and `Balancer::key` (persistence-key); the
 //! health check runs off the request path and is timed through its plugin thread.
 
 use std::hint::black_box;
@@ -149,7 +149,7 @@ fn hooks(c: &mut Criterion) {
     for b in balancers {
         let req = request(b, &header, client);
         g.bench_function(b.config().name.as_str(), |bench| {
-            bench.iter(|| black_box(b.choose(black_box(&req), &Keyed::none(), &[])))
+            bench.iter(|| black_box(b.decide(black_box(&req), &Keyed::none(), &[])))
         });
     }
     g.finish();
@@ -174,9 +174,9 @@ fn hooks(c: &mut Criterion) {
             outcome: KeyOutcome::Key(Key::Borrowed(b"alice")),
             kind: 0,
         };
-        b.choose(&req, &key, &[]);
+        b.decide(&req, &key, &[]);
         g.bench_function(b.config().name.as_str(), |bench| {
-            bench.iter(|| black_box(b.choose(black_box(&req), &key, &[])))
+            bench.iter(|| black_box(b.decide(black_box(&req), &key, &[])))
         });
     }
     g.finish();

@@ -169,6 +169,7 @@ impl Control {
             address,
             weight,
             enabled: true,
+            max_connections: None,
         };
         let mut file = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let b = self

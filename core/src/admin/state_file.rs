@@ -144,6 +144,7 @@ impl StateFile {
                             address: *address,
                             weight: e.weight,
                             enabled: true,
+                            max_connections: None,
                         });
                         changed = true;
                         true

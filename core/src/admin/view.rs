@@ -10,6 +10,8 @@ pub struct ServiceView {
     pub name: String,
     pub mode: &'static str,
     pub listen: Vec<String>,
+    /// Requests or connections waiting for a backend under its connection limit.
+    pub queue: usize,
     pub backends: Vec<BackendView>,
 }
 
@@ -28,6 +30,8 @@ pub struct BackendView {
     pub effective_weight: f64,
     /// Requests (http) or connections (tcp) in flight.
     pub active: u32,
+    /// The connection limit that applies (the agent's `maxconn`, else `max_connections`).
+    pub max_connections: Option<u32>,
     /// Load 0-100 last reported by an agent or a health-check plugin.
     pub load: Option<u8>,
     /// Persistence entries pointing at it.
@@ -47,6 +51,7 @@ impl ServiceView {
             name: cfg.name.clone(),
             mode: cfg.mode.as_str(),
             listen: cfg.listen.iter().map(|a| a.to_string()).collect(),
+            queue: b.pool.queue().waiting(),
             backends: b
                 .pool
                 .backends()
@@ -73,6 +78,7 @@ impl BackendView {
             weight: b.weight(),
             effective_weight: b.effective_weight() as f64 / WEIGHT_SCALE as f64,
             active: b.active(),
+            max_connections: b.limit(),
             load: b.load(),
             pinned,
             removing: b.removing(),

@@ -49,7 +49,8 @@ impl AdminState {
 pub struct AgentState {
     /// Share of the configured weight, percent (HAProxy `75%`, `weight:N`). 0 drains.
     weight_percent: AtomicU32,
-    /// Connection limit, 0 = none (HAProxy `maxconn:N`).
+    /// Connection limit, 0 = none reported (HAProxy `maxconn:N`): the backend's configured
+    /// `max_connections` applies then.
     maxconn: AtomicU32,
     admin: AtomicU8,
     /// false after the agent said `down`, `fail`, `stopped` (or KEMP `101`).
@@ -72,7 +73,7 @@ impl Default for AgentState {
 pub enum AgentUpdate {
     /// Share of the configured weight, percent, up to [`MAX_WEIGHT_PERCENT`]; 0 drains.
     WeightPercent(u32),
-    /// Connection limit; 0 removes it.
+    /// Connection limit; 0 withdraws the agent's, so the configured one applies again.
     MaxConn(u32),
     Admin(AdminState),
     /// The agent's own verdict (HAProxy `up`/`down`, KEMP `101`).
@@ -83,21 +84,19 @@ pub enum AgentUpdate {
 pub const MAX_WEIGHT_PERCENT: u32 = 25_600;
 
 impl AgentState {
-    /// The agent lets new clients in.
+    /// The agent lets new clients in (its `maxconn` is applied by the pool as the
+    /// backend's limit).
     #[inline]
-    pub(super) fn admits(&self, active: u32) -> bool {
+    pub(super) fn admits(&self) -> bool {
         self.admin.load(Relaxed) == AdminState::Ready as u8
             && self.weight_percent.load(Relaxed) > 0
-            && self.admits_pinned(active)
+            && self.admits_pinned()
     }
 
     /// The agent lets clients pinned to the backend in (drain and weight 0 do not stop them).
     #[inline]
-    pub(super) fn admits_pinned(&self, active: u32) -> bool {
-        let maxconn = self.maxconn.load(Relaxed);
-        self.admin.load(Relaxed) != AdminState::Maint as u8
-            && self.up.load(Relaxed)
-            && (maxconn == 0 || active < maxconn)
+    pub(super) fn admits_pinned(&self) -> bool {
+        self.admin.load(Relaxed) != AdminState::Maint as u8 && self.up.load(Relaxed)
     }
 
     pub fn weight_percent(&self) -> u32 {

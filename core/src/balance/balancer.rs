@@ -2,7 +2,8 @@
 //!
 //! A [`Balancer`] owns the service's pool and its three hooks. For every request or
 //! connection the proxy calls, in order: [`Balancer::key`] (persistence-key hook),
-//! [`Balancer::choose`] (persistence table, then select-server hook), and at the end
+//! [`Balancer::admit`] (persistence table, then select-server hook, the backend's slot taken,
+//! waiting in the queue when everything usable is full; see `admission.rs`), and at the end
 //! [`Balancer::on_response`] (the persistence hook's response step, http only). Failed
 //! connects come back through [`Balancer::connect_failed`], health checks through
 //! [`Balancer::observe`].
@@ -18,7 +19,7 @@ use super::hooks::{
 };
 use super::identity::CookieKey;
 use super::persistence::{MemoryTable, PersistenceTable};
-use super::pool::{Pool, Transition};
+use super::pool::{ActiveGuard, Pool, Transition};
 use crate::config::ServiceConfig;
 use crate::config::{Config, HealthConfig, HealthKind, PersistenceKeyKind, SchedulerKind};
 use crate::observe::metrics::{BackendCounters, Metrics, ServiceCounters};
@@ -73,6 +74,18 @@ impl HookSource for NoPlugins {
     fn agent_feed(&self, _: &Config, _: usize, _: &str) -> Option<AgentFeed> {
         None
     }
+}
+
+/// What one decision made of a request or connection (see [`Balancer::decide`]).
+#[derive(Debug)]
+pub enum Decision {
+    /// This backend, its slot taken for as long as the guard lives.
+    Go(usize, ActiveGuard),
+    /// What it may use is at its limit: wait for this backend (persistence names it) or,
+    /// `None`, for any.
+    Wait(Option<usize>),
+    /// No backend can take it.
+    Refuse,
 }
 
 /// How persistence took part in choosing the backend.
@@ -406,74 +419,105 @@ impl Balancer {
     }
 
     /// Backend `i` may take this client, which persistence (a pin, a cookie, a routing
-    /// token) sends to it: a draining backend still takes it.
+    /// token) sends to it: a draining backend still takes it; one at its limit is waited for.
     #[inline]
-    fn usable_pinned(&self, i: usize, avoid: &[usize]) -> bool {
-        i < self.pool.len() && self.pool.get(i).available_pinned() && !avoid.contains(&i)
+    fn pinned_open(&self, i: usize, avoid: &[usize]) -> bool {
+        i < self.pool.len() && self.pool.get(i).open_pinned() && !avoid.contains(&i)
     }
 
     /// The select-server hook, then the fallback scheduler when the hook has no opinion.
-    fn select(&self, req: &Request<'_>, avoid: &[usize]) -> Option<usize> {
+    fn select(&self, req: &Request<'_>, avoid: &[usize]) -> Pick {
         match self.scheduler.select(req, &self.pool, avoid) {
-            Pick::Backend(i) => Some(i),
-            Pick::Reject => None,
-            Pick::NoOpinion => match self.fallback.as_ref()?.select(req, &self.pool, avoid) {
-                Pick::Backend(i) => Some(i),
-                _ => None,
+            Pick::NoOpinion => match &self.fallback {
+                Some(f) => f.select(req, &self.pool, avoid),
+                None => Pick::NoOpinion,
             },
+            pick => pick,
         }
     }
 
-    /// Picks the backend: the one the request names, else the one its key is pinned to
-    /// (even while it drains), else the scheduler's choice (which is then pinned). `None`: no backend available, or
-    /// a plugin failed under the `reject` policy.
-    pub fn choose(&self, req: &Request<'_>, keyed: &Keyed<'_>, avoid: &[usize]) -> Option<usize> {
-        self.choose_persisted(req, keyed, avoid).0
+    /// Takes a slot of backend `i`, which persistence names: wait for it when it is full.
+    fn take_pinned(&self, i: usize) -> Decision {
+        match self.pool.try_acquire(i) {
+            Some(g) => Decision::Go(i, g),
+            None => Decision::Wait(Some(i)),
+        }
     }
 
-    /// [`Balancer::choose`], also telling how persistence took part (for the access log).
-    pub fn choose_persisted(
+    /// The scheduler's choice, its slot taken. Nothing chosen while an open backend is at
+    /// its limit (or the chosen one filled meanwhile): wait for any.
+    fn take_selected(&self, req: &Request<'_>, avoid: &[usize]) -> Decision {
+        match self.select(req, avoid) {
+            Pick::Backend(i) => match self.pool.try_acquire(i) {
+                Some(g) => Decision::Go(i, g),
+                None => Decision::Wait(None),
+            },
+            Pick::Reject => Decision::Refuse,
+            Pick::NoOpinion => {
+                let full = self
+                    .pool
+                    .backends()
+                    .iter()
+                    .enumerate()
+                    .any(|(j, b)| b.open() && !b.has_room() && !avoid.contains(&j));
+                match full {
+                    true => Decision::Wait(None),
+                    false => Decision::Refuse,
+                }
+            }
+        }
+    }
+
+    /// Decides once, counting nothing: the backend the request names, else the one its key
+    /// is pinned to (even while it drains), else the scheduler's choice (which is then
+    /// pinned); its slot is taken with the decision. [`Decision::Wait`] when what it may use
+    /// is at its limit; [`Decision::Refuse`] when no backend can take it, or a plugin failed
+    /// under the `reject` policy. [`Balancer::admit`] waits and counts.
+    pub fn decide(
         &self,
         req: &Request<'_>,
         keyed: &Keyed<'_>,
         avoid: &[usize],
-    ) -> (Option<usize>, Persisted) {
+    ) -> (Decision, Persisted) {
         let table = self
             .persistence
             .as_ref()
             .and_then(|p| p.kinds.get(keyed.kind)?.table.as_ref());
-        let (chosen, persisted) = match (&keyed.outcome, table) {
-            (KeyOutcome::Reject, _) => (None, Persisted::None),
-            (KeyOutcome::Backend(i), _) if self.usable_pinned(*i, avoid) => {
-                (Some(*i), Persisted::Hit)
+        match (&keyed.outcome, table) {
+            (KeyOutcome::Reject, _) => (Decision::Refuse, Persisted::None),
+            (KeyOutcome::Backend(i), _) if self.pinned_open(*i, avoid) => {
+                (self.take_pinned(*i), Persisted::Hit)
             }
-            (KeyOutcome::Backend(_), _) => (self.select(req, avoid), Persisted::Rebalanced),
+            (KeyOutcome::Backend(_), _) => (self.take_selected(req, avoid), Persisted::Rebalanced),
             (KeyOutcome::Key(k), Some(p)) => {
                 let pinned = p.lookup(k);
                 match pinned.and_then(|id| self.pool.index_of(id)) {
-                    Some(i) if self.usable_pinned(i, avoid) => (Some(i), Persisted::Hit),
+                    Some(i) if self.pinned_open(i, avoid) => (self.take_pinned(i), Persisted::Hit),
                     _ => {
                         let req = Request {
                             key: Some(k),
                             ..*req
                         };
-                        let i = self.select(&req, avoid);
-                        if let Some(i) = i {
-                            {
-                                let b = self.pool.get(i);
-                                p.pin(k, b.id, &b.name);
-                            }
+                        let d = self.take_selected(&req, avoid);
+                        if let Decision::Go(i, _) = &d {
+                            let b = self.pool.get(*i);
+                            p.pin(k, b.id, &b.name);
                         }
                         let how = match pinned {
                             Some(_) => Persisted::Rebalanced,
                             None => Persisted::New,
                         };
-                        (i, how)
+                        (d, how)
                     }
                 }
             }
-            _ => (self.select(req, avoid), Persisted::None),
-        };
+            _ => (self.take_selected(req, avoid), Persisted::None),
+        }
+    }
+
+    /// Counts a decision that is final: the backend chosen (and, for `follow`, remembered)
+    /// or none, and how persistence took part.
+    pub fn count(&self, req: &Request<'_>, chosen: Option<usize>, persisted: Persisted) {
         match chosen {
             Some(i) => {
                 self.counters[i].selected.inc();
@@ -488,6 +532,10 @@ impl Balancer {
                 }
             }
         }
+        self.count_persisted(persisted);
+    }
+
+    pub(super) fn count_persisted(&self, persisted: Persisted) {
         let lookup = match persisted {
             Persisted::None => None,
             Persisted::Hit => Some(0),
@@ -497,7 +545,6 @@ impl Balancer {
         if let Some(k) = lookup {
             self.service.persistence[k].inc();
         }
-        (chosen, persisted)
     }
 
     /// `follow`: the backend on the host the followed service last sent `client` to, if it

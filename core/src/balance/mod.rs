@@ -3,6 +3,7 @@
 //! together for one service. Nothing here knows whether a hook is built in or a plugin: hooks
 //! a configuration names as `plugin:<name>` come from a [`balancer::HookSource`].
 
+pub mod admission;
 pub mod agent;
 pub mod balancer;
 pub mod follow;
@@ -10,4 +11,5 @@ pub mod hooks;
 pub mod identity;
 pub mod persistence;
 pub mod pool;
+pub mod queue;
 pub mod scheduler;

@@ -7,12 +7,16 @@
 //! and are rebuilt off the hot path when [`Pool::generation`] moves.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU32, AtomicU64, AtomicU8,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use super::agent::{AdminState, AgentState, AgentUpdate};
 use super::identity::{BackendId, CookieKey, COOKIE_ID_LEN};
+use super::queue::WaitQueue;
 use crate::config::BackendConfig;
 
 /// Effective weights are kept in thousandths of the configured weight, so that slow start can
@@ -40,6 +44,15 @@ pub struct Backend {
 /// What changes about a backend while the proxy runs.
 #[derive(Debug)]
 struct Live {
+    /// Which backend, for the queue's wake-ups.
+    id: BackendId,
+    /// The service's wait queue, woken when a slot of this backend frees.
+    queue: Arc<WaitQueue>,
+    /// `max_connections` as configured; 0 = none.
+    configured_limit: AtomicU32,
+    /// The limit that applies: the agent's `maxconn` when it reported one, else the
+    /// configured one; 0 = none.
+    limit: AtomicU32,
     /// Weight: configured, or set at run time (admin API).
     weight: AtomicU32,
     /// Operator's state ([`AdminState`]); the config's `enabled = false` starts it in `maint`.
@@ -73,13 +86,19 @@ fn epoch() -> Instant {
 }
 
 impl Backend {
-    fn new(service: &str, c: &BackendConfig, key: &CookieKey) -> Self {
+    fn new(service: &str, c: &BackendConfig, key: &CookieKey, queue: &Arc<WaitQueue>) -> Self {
+        let id = BackendId::new(service, &c.name);
+        let limit = c.max_connections.unwrap_or(0);
         Backend {
             name: c.name.clone(),
-            id: BackendId::new(service, &c.name),
+            id,
             cookie_id: key.cookie_id(service, &c.name),
             address: c.address,
             live: Arc::new(Live {
+                id,
+                queue: queue.clone(),
+                configured_limit: AtomicU32::new(limit),
+                limit: AtomicU32::new(limit),
                 weight: AtomicU32::new(c.weight),
                 admin: AtomicU8::new(if c.enabled {
                     AdminState::Ready
@@ -120,6 +139,10 @@ impl Backend {
             };
             b.live.admin.store(state as u8, Relaxed);
         }
+        b.live
+            .configured_limit
+            .store(c.max_connections.unwrap_or(0), Relaxed);
+        b.live.refresh_limit();
         if c.weight != before.weight {
             b.live.weight.store(c.weight, Relaxed);
             if b.live.up_since_ms.load(Relaxed) == u64::MAX {
@@ -159,23 +182,47 @@ impl Backend {
         self.live.healthy.load(Relaxed)
     }
 
-    /// Can take new clients: ready (operator and agent), healthy, a non-zero weight, and
-    /// under the agent's connection limit.
+    /// Can take new clients: [`Backend::open`] and under its connection limit.
     #[inline]
     pub fn available(&self) -> bool {
-        self.live.admin.load(Relaxed) == AdminState::Ready as u8
-            && self.healthy()
-            && self.weight() > 0
-            && self.live.agent.admits(self.active())
+        self.open() && self.has_room()
+    }
+
+    /// Takes new clients, its connection limit aside: ready (operator and agent), healthy
+    /// and a non-zero weight. An open backend at its limit is one to wait for.
+    #[inline]
+    pub fn open(&self) -> bool {
+        self.live.open()
     }
 
     /// Can take a client that persistence pins to it: as [`Backend::available`], except
     /// that draining (by the operator or the agent) and a zero weight do not refuse it.
     #[inline]
     pub fn available_pinned(&self) -> bool {
+        self.open_pinned() && self.has_room()
+    }
+
+    /// [`Backend::available_pinned`], its connection limit aside.
+    #[inline]
+    pub fn open_pinned(&self) -> bool {
         self.live.admin.load(Relaxed) != AdminState::Maint as u8
             && self.healthy()
-            && self.live.agent.admits_pinned(self.active())
+            && self.live.agent.admits_pinned()
+    }
+
+    /// Under its connection limit (or without one).
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        let limit = self.live.limit.load(Relaxed);
+        limit == 0 || self.active() < limit
+    }
+
+    /// The connection limit that applies (the agent's, else the configured one).
+    pub fn limit(&self) -> Option<u32> {
+        match self.live.limit.load(Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     /// What the backend's agent last reported.
@@ -225,7 +272,30 @@ pub struct ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.live.active.fetch_sub(1, Relaxed);
+        let live = &self.live;
+        live.active.fetch_sub(1, SeqCst);
+        if live.queue.waiting() > 0 {
+            live.queue.released(live.id, live.open());
+        }
+    }
+}
+
+impl Live {
+    #[inline]
+    fn open(&self) -> bool {
+        self.admin.load(Relaxed) == AdminState::Ready as u8
+            && self.healthy.load(Relaxed)
+            && self.weight.load(Relaxed) > 0
+            && self.agent.admits()
+    }
+
+    /// Recomputes the limit that applies; true if it changed.
+    fn refresh_limit(&self) -> bool {
+        let limit = match self.agent.maxconn() {
+            0 => self.configured_limit.load(Relaxed),
+            n => n,
+        };
+        self.limit.swap(limit, Relaxed) != limit
     }
 }
 
@@ -249,6 +319,9 @@ pub struct Pool {
     /// Bumped whenever availability or an effective weight changes.
     generation: AtomicU64,
     weights_version: AtomicU64,
+    /// The service's waiters: shared by every version of the pool, as the backends' live
+    /// state is.
+    queue: Arc<WaitQueue>,
 }
 
 static POOL_UIDS: AtomicU64 = AtomicU64::new(1);
@@ -260,14 +333,19 @@ impl Pool {
         slow_start: Option<Duration>,
         key: &CookieKey,
     ) -> Self {
+        let queue = Arc::new(WaitQueue::default());
         let backends: Vec<Backend> = backends
             .iter()
-            .map(|b| Backend::new(service, b, key))
+            .map(|b| Backend::new(service, b, key, &queue))
             .collect();
-        Pool::from_backends(backends, slow_start)
+        Pool::from_backends(backends, slow_start, queue)
     }
 
-    fn from_backends(backends: Vec<Backend>, slow_start: Option<Duration>) -> Pool {
+    fn from_backends(
+        backends: Vec<Backend>,
+        slow_start: Option<Duration>,
+        queue: Arc<WaitQueue>,
+    ) -> Pool {
         let mut by_id: Vec<(BackendId, u32)> = backends
             .iter()
             .enumerate()
@@ -281,6 +359,7 @@ impl Pool {
             slow_start,
             generation: AtomicU64::new(0),
             weights_version: AtomicU64::new(0),
+            queue,
         }
     }
 
@@ -307,11 +386,19 @@ impl Pool {
                         b.cookie_id = key.cookie_id(service, &c.name);
                         b
                     }
-                    _ => Backend::new(service, c, key),
+                    _ => Backend::new(service, c, key, &self.queue),
                 }
             })
             .collect();
-        Pool::from_backends(list, slow_start)
+        let next = Pool::from_backends(list, slow_start, self.queue.clone());
+        // A backend added or a limit raised may have room for a waiter.
+        self.queue.wake_all();
+        next
+    }
+
+    /// The service's wait queue.
+    pub fn queue(&self) -> &WaitQueue {
+        &self.queue
     }
 
     #[inline]
@@ -359,16 +446,34 @@ impl Pool {
         self.generation.load(Relaxed)
     }
 
+    /// Availability changed: schedulers rebuild what they precompute, waiters look again.
     fn bump(&self) {
         self.generation.fetch_add(1, Relaxed);
+        self.queue.wake_all();
     }
 
-    /// Marks a request or connection in flight on backend `i` until the guard drops.
+    /// Marks a request or connection in flight on backend `i` until the guard drops,
+    /// whatever its limit.
     #[inline]
     pub fn acquire(&self, i: usize) -> ActiveGuard {
         let live = &self.backends[i].live;
-        live.active.fetch_add(1, Relaxed);
+        live.active.fetch_add(1, SeqCst);
         ActiveGuard { live: live.clone() }
+    }
+
+    /// [`Pool::acquire`] if backend `i` is under its limit: the check and the count are one
+    /// compare-and-swap, so concurrent requests never take it past the limit.
+    #[inline]
+    pub fn try_acquire(&self, i: usize) -> Option<ActiveGuard> {
+        let live = &self.backends[i].live;
+        let limit = live.limit.load(Relaxed);
+        if limit == 0 {
+            return Some(self.acquire(i));
+        }
+        live.active
+            .fetch_update(SeqCst, SeqCst, |n| (n < limit).then_some(n + 1))
+            .ok()?;
+        Some(ActiveGuard { live: live.clone() })
     }
 
     /// Sets the operator's state of backend `i`.
@@ -447,12 +552,14 @@ impl Pool {
 
     /// Applies one agent-reported property; false for an out-of-range value.
     pub fn set_agent(&self, i: usize, update: AgentUpdate) -> bool {
-        let a = &self.backends[i].live.agent;
-        let before = a.admits(0);
+        let live = &self.backends[i].live;
+        let a = &live.agent;
+        let before = (a.admits(), a.admits_pinned());
         let Some(weight_changed) = a.apply(update) else {
             return false;
         };
-        if weight_changed || a.admits(0) != before {
+        let limit_changed = live.refresh_limit();
+        if weight_changed || limit_changed || (a.admits(), a.admits_pinned()) != before {
             self.bump();
         }
         true
@@ -549,6 +656,7 @@ pub fn test_backends(weights: &[u32]) -> Vec<BackendConfig> {
                 address,
                 weight: w,
                 enabled: true,
+                max_connections: None,
             }
         })
         .collect()

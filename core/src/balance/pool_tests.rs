@@ -151,3 +151,27 @@ fn guard_counts_active() {
     drop(g2);
     assert_eq!(p.get(1).active(), 0);
 }
+
+#[test]
+fn the_limit_is_configured_or_the_agents() {
+    let mut cfg = test_backends(&[1, 1]);
+    cfg[0].max_connections = Some(2);
+    let p = Pool::new("t", &cfg, None, &CookieKey::new(b"test"));
+    let (g1, g2) = (p.try_acquire(0).unwrap(), p.try_acquire(0).unwrap());
+    assert!(p.try_acquire(0).is_none(), "at max_connections");
+    assert!(!p.get(0).available() && p.get(0).open(), "full, not closed");
+    assert!(p.try_acquire(1).is_some(), "no limit on the other");
+    p.set_agent(0, AgentUpdate::MaxConn(3));
+    assert_eq!(p.get(0).limit(), Some(3), "the agent's maxconn overrides");
+    let g3 = p.try_acquire(0).unwrap();
+    assert!(p.try_acquire(0).is_none());
+    p.set_agent(0, AgentUpdate::MaxConn(0));
+    assert_eq!(
+        p.get(0).limit(),
+        Some(2),
+        "0 withdraws it: the configured one again"
+    );
+    drop((g1, g2, g3));
+    assert_eq!(p.get(0).active(), 0);
+    assert_eq!(p.get(1).limit(), None);
+}

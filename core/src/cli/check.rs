@@ -140,10 +140,20 @@ pub fn summary(cfg: &Config) {
             };
             let _ = writeln!(
                 out,
-                "    backend {named}{} weight {}{}",
+                "    backend {named}{} weight {}{}{}",
                 b.address,
                 b.weight,
+                b.max_connections
+                    .map_or(String::new(), |n| format!(" max_connections {n}")),
                 if b.enabled { "" } else { " (disabled)" }
+            );
+        }
+        if s.backends.iter().any(|b| b.max_connections.is_some()) {
+            let _ = writeln!(
+                out,
+                "    queue up to {} for {}",
+                s.queue_max,
+                humantime::format_duration(s.queue_timeout)
             );
         }
     }

@@ -274,7 +274,10 @@ fn table(answer: &Value) -> String {
                 text("health"),
                 text("weight"),
                 text("effective_weight"),
-                text("active"),
+                match b["max_connections"].as_u64() {
+                    Some(max) => format!("{}/{max}", text("active")),
+                    None => text("active"),
+                },
                 text("load"),
                 text("pinned"),
             ]);

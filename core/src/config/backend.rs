@@ -12,6 +12,7 @@ pub(super) fn validate(
     s: &raw::Service,
     span: Range<usize>,
     service: &str,
+    mode: Mode,
     redirects: bool,
 ) -> Vec<BackendConfig> {
     let mut backends: Vec<BackendConfig> = Vec::new();
@@ -59,6 +60,20 @@ pub(super) fn validate(
         let weight = r
             .int_in(&b.weight, "weight", 0, MAX_WEIGHT as i64)
             .unwrap_or(1) as u32;
+        let max_connections = r
+            .int_in(
+                &b.max_connections,
+                "max_connections",
+                1,
+                MAX_CONNECTIONS as i64,
+            )
+            .map(|n| n as u32);
+        if let (Some(v), Mode::Udp) = (&b.max_connections, mode) {
+            r.err(
+                v.span(),
+                "max_connections of a backend does not apply to mode = \"udp\" (a flow is not a connection to wait for; limit flows with the service's max_connections)",
+            );
+        }
         let enabled = b.enabled.as_ref().map(|e| *e.get_ref()).unwrap_or(true);
         let written = b.address.get_ref().trim();
         let host = written.rsplit_once(':').map_or(written, |(h, _)| h);
@@ -70,6 +85,7 @@ pub(super) fn validate(
             address,
             weight,
             enabled,
+            max_connections,
         });
     }
     backends

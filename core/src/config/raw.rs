@@ -64,6 +64,8 @@ pub struct Service {
     pub inspect_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub retries: Option<Spanned<i64>>,
+    pub queue_timeout: Option<Spanned<String>>,
+    pub queue_max: Option<Spanned<i64>>,
     pub on_plugin_error: Option<Spanned<String>>,
     pub fallback_scheduler: Option<Spanned<String>>,
     #[serde(default)]
@@ -158,4 +160,5 @@ pub struct Backend {
     pub address: Spanned<String>,
     pub weight: Option<Spanned<i64>>,
     pub enabled: Option<Spanned<bool>>,
+    pub max_connections: Option<Spanned<i64>>,
 }

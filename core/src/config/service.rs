@@ -61,7 +61,7 @@ pub(super) fn validate(
         super::health::validate(r, h, backend_tls.is_some(), send_proxy.is_some(), refs)
     });
     let redirect_https = super::tls::redirect(r, s, mode);
-    let backends = super::backend::validate(r, s, span, &name, redirect_https);
+    let backends = super::backend::validate(r, s, span, &name, mode, redirect_https);
     if let (
         Some(HealthConfig {
             kind: HealthKind::Icmp,
@@ -127,6 +127,12 @@ pub(super) fn validate(
         )
         .map(|n| n as usize);
     let retries = r.int_in(&s.retries, "retries", 0, 10).unwrap_or(1) as u32;
+    let queue_timeout = r
+        .duration(&s.queue_timeout, "queue_timeout")
+        .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+    let queue_max = r
+        .int_in(&s.queue_max, "queue_max", 1, MAX_QUEUE as i64)
+        .map_or(DEFAULT_QUEUE_MAX, |n| n as usize);
     let on_plugin_error = match s.on_plugin_error.as_ref() {
         None => PluginErrorPolicy::Fallback,
         Some(v) => match v.get_ref().as_str() {
@@ -157,6 +163,8 @@ pub(super) fn validate(
         inspect_timeout,
         max_connections,
         retries,
+        queue_timeout,
+        queue_max,
         on_plugin_error,
         fallback_scheduler,
         plugin_settings,
@@ -217,6 +225,17 @@ fn udp_refusals(r: &mut Reporter, s: &raw::Service) {
         " (no TLS over datagrams)",
     );
     refuse(s.route.as_ref().map(|v| v.span()), "match", "");
+    let no_queue = " (a datagram does not wait for a backend)";
+    refuse(
+        s.queue_timeout.as_ref().map(|v| v.span()),
+        "queue_timeout",
+        no_queue,
+    );
+    refuse(
+        s.queue_max.as_ref().map(|v| v.span()),
+        "queue_max",
+        no_queue,
+    );
 }
 
 /// `accept_proxy`, `trusted_proxies` (addresses or CIDR blocks) and `send_proxy`.

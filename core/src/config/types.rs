@@ -38,6 +38,12 @@ pub const MAX_PLUGIN_MEMORY: usize = 4 << 30;
 pub const MAX_WEIGHT: u32 = 256;
 /// Largest `max_connections`.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
+/// Default for `queue_timeout` (HAProxy's usual `timeout queue`).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `queue_max`: a flood of waiters costs at most this many entries per service.
+pub const DEFAULT_QUEUE_MAX: usize = 10_000;
+/// Largest `queue_max`.
+pub const MAX_QUEUE: usize = 1_000_000;
 /// The cookie secret used when `[proxy] secret_file` is not set. Public, so cookie ids made
 /// with it can be computed by anyone who knows the backend names; `check` warns.
 pub const DEFAULT_SECRET: &[u8] = b"plugboard default cookie secret: set [proxy] secret_file";
@@ -368,6 +374,8 @@ pub struct BackendConfig {
     pub address: SocketAddr,
     pub weight: u32,
     pub enabled: bool,
+    /// Requests (http) or connections (tcp) in flight at once; `None`: no limit.
+    pub max_connections: Option<u32>,
 }
 
 /// The three hook points.
@@ -426,6 +434,10 @@ pub struct ServiceConfig {
     pub max_connections: Option<usize>,
     /// How many times a request whose connect failed is sent to another backend.
     pub retries: u32,
+    /// Longest a request or connection waits for a backend with room (0: none waits).
+    pub queue_timeout: Duration,
+    /// Requests or connections waiting at once; more are refused at once.
+    pub queue_max: usize,
     pub on_plugin_error: PluginErrorPolicy,
     /// Built-in scheduler used when a plugin scheduler has no opinion or fails.
     pub fallback_scheduler: SchedulerKind,

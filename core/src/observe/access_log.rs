@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use crate::balance::admission::Queued;
 use crate::balance::balancer::Persisted;
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogPath};
 
@@ -45,6 +46,10 @@ pub enum TcpEnd {
     NoBackend,
     /// The client's TLS handshake failed or timed out.
     TlsError,
+    /// Every backend it could use stayed at its limit for `queue_timeout`.
+    QueueTimeout,
+    /// `queue_max` were already waiting.
+    QueueFull,
 }
 
 impl TcpEnd {
@@ -56,6 +61,8 @@ impl TcpEnd {
             TcpEnd::ConnectFailure => "connect_failure",
             TcpEnd::NoBackend => "no_backend",
             TcpEnd::TlsError => "tls_error",
+            TcpEnd::QueueTimeout => "queue_timeout",
+            TcpEnd::QueueFull => "queue_full",
         }
     }
 }
@@ -89,6 +96,9 @@ pub struct HttpLine<'a> {
     pub persistence: Persisted,
     pub retries: u32,
     pub tls: Option<TlsFields<'a>>,
+    /// It waited for a backend under its limit: how long, and how that ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Queued>,
 }
 
 /// One TCP connection.
@@ -108,6 +118,9 @@ pub struct TcpLine<'a> {
     pub retries: u32,
     pub end: TcpEnd,
     pub tls: Option<TlsFields<'a>>,
+    /// As in [`HttpLine::queue`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Queued>,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -212,9 +225,8 @@ fn http_text(buf: &mut Vec<u8>, l: &HttpLine<'_>) {
         l.persistence.as_str(),
         l.retries,
     );
-    if let Some(t) = &l.tls {
-        let _ = write!(buf, " tls={} sni={}", t.version, t.sni.unwrap_or("-"));
-    }
+    tls_text(buf, &l.tls);
+    queue_text(buf, &l.queue);
     let _ = write!(
         buf,
         " \"{} {}{}\"",
@@ -239,8 +251,21 @@ fn tcp_text(buf: &mut Vec<u8>, l: &TcpLine<'_>) {
         l.retries,
         l.end.as_str(),
     );
-    if let Some(t) = &l.tls {
+    tls_text(buf, &l.tls);
+    queue_text(buf, &l.queue);
+}
+
+fn tls_text(buf: &mut Vec<u8>, tls: &Option<TlsFields<'_>>) {
+    if let Some(t) = tls {
         let _ = write!(buf, " tls={} sni={}", t.version, t.sni.unwrap_or("-"));
+    }
+}
+
+/// ` queue=END/MS` when the request or connection waited.
+fn queue_text(buf: &mut Vec<u8>, queue: &Option<Queued>) {
+    if let Some(q) = queue {
+        let ms = q.waited.as_secs_f64() * 1000.0;
+        let _ = write!(buf, " queue={}/{ms:.1}", q.end.as_str());
     }
 }
 
@@ -438,6 +463,7 @@ mod tests {
                 version: "TLSv1.3",
                 sni: Some("example.com"),
             }),
+            queue: None,
         }
     }
 
@@ -487,6 +513,29 @@ mod tests {
         assert_eq!(v["persistence"], "hit");
         assert_eq!(v["tls"]["sni"], "example.com");
         assert_eq!(v["ttfb_ms"], 1.25);
+        assert!(
+            v.get("queue").is_none(),
+            "no queue field when it did not wait"
+        );
+    }
+
+    #[test]
+    fn a_wait_in_the_queue_is_logged() {
+        let mut l = line();
+        l.status = 503;
+        l.queue = Some(Queued {
+            waited: Duration::from_millis(250),
+            end: crate::balance::admission::QueueEnd::Timeout,
+        });
+        let mut buf = Vec::new();
+        json(&mut buf, &l);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["queue"]["end"], "timeout");
+        assert_eq!(v["queue"]["waited_ms"], 250.0);
+        let mut buf = Vec::new();
+        http_text(&mut buf, &l);
+        let s = String::from_utf8(buf).unwrap();
+        assert!(s.contains(" queue=timeout/250.0 \"GET"), "{s}");
     }
 
     #[test]

@@ -34,14 +34,19 @@ const PLUGIN_SECONDS: &[f64] = &[
 /// Status classes, in the order of [`BackendCounters::requests`].
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// How a TCP connection ended, in the order of `TcpEnd as usize`.
-pub const TCP_ENDS: [&str; 6] = [
+pub const TCP_ENDS: [&str; 8] = [
     "client_close",
     "backend_close",
     "idle_timeout",
     "connect_failure",
     "no_backend",
     "tls_error",
+    "queue_timeout",
+    "queue_full",
 ];
+/// Why a request or connection left the queue unserved, in the order of
+/// [`ServiceCounters::queue_refused`].
+pub const QUEUE_REFUSALS: [&str; 2] = ["timeout", "full"];
 /// Why a UDP datagram was dropped, in the order of [`ServiceCounters::udp_dropped`]:
 /// a new flow over the service's flow limit, no backend available, the flow's socket could
 /// not be made, a send that would block (socket buffer full) or failed.
@@ -79,6 +84,11 @@ pub struct Metrics {
     lookups: IntCounterVec,
     evictions: IntCounterVec,
     check_duration: HistogramVec,
+    queued: IntCounterVec,
+    queue_refused: IntCounterVec,
+    queue_wait: HistogramVec,
+    queue_length: IntGaugeVec,
+    max_connections: IntGaugeVec,
     active: IntGaugeVec,
     up: IntGaugeVec,
     weight: IntGaugeVec,
@@ -158,7 +168,13 @@ pub struct ServiceCounters {
     pub ttfb: Histogram,
     pub retries: IntCounter,
     /// TCP connections, by how they ended.
-    pub tcp_ends: [IntCounter; 6],
+    pub tcp_ends: [IntCounter; 8],
+    /// Requests or connections that joined the wait queue.
+    pub queued: IntCounter,
+    /// Left the queue unserved, by reason (in the order of [`QUEUE_REFUSALS`]).
+    pub queue_refused: [IntCounter; 2],
+    /// Time spent in the queue, however it ended.
+    pub queue_wait: Histogram,
     /// UDP flows started.
     pub udp_flows: IntCounter,
     /// UDP flows open now (counted up and down as they start and end).
@@ -382,6 +398,32 @@ impl Metrics {
                 &["service"],
                 SECONDS,
             ),
+            queued: counter(
+                "plugboard_queued_total",
+                "Requests or connections that waited in the service's queue for a backend under its max_connections",
+                &["service"],
+            ),
+            queue_refused: counter(
+                "plugboard_queue_refused_total",
+                "Requests or connections refused by the queue: waited queue_timeout (timeout), or queue_max were waiting (full)",
+                &["service", "reason"],
+            ),
+            queue_wait: histogram(
+                "plugboard_queue_wait_seconds",
+                "Time spent in the queue, however it ended",
+                &["service"],
+                SECONDS,
+            ),
+            queue_length: gauge(
+                "plugboard_queue_length",
+                "Requests or connections waiting in the service's queue now",
+                &["service"],
+            ),
+            max_connections: gauge(
+                "plugboard_backend_max_connections",
+                "The backend's connection limit: the agent's maxconn, else max_connections (absent without one)",
+                sb,
+            ),
             active: gauge(
                 "plugboard_backend_active",
                 "Requests or connections in flight",
@@ -516,6 +558,10 @@ impl Metrics {
             udp_dropped: UDP_DROPS.map(|r| self.udp_dropped.with_label_values(&[service, r])),
             persistence: LOOKUPS.map(|r| self.lookups.with_label_values(&[service, r])),
             evictions: self.evictions.with_label_values(&s),
+            queued: self.queued.with_label_values(&s),
+            queue_refused: QUEUE_REFUSALS
+                .map(|r| self.queue_refused.with_label_values(&[service, r])),
+            queue_wait: self.queue_wait.with_label_values(&s),
             check_duration: self.check_duration.with_label_values(&s),
         }
     }
@@ -539,6 +585,8 @@ impl Metrics {
             &self.state,
             &self.pins,
             &self.listener_open,
+            &self.queue_length,
+            &self.max_connections,
         ] {
             g.reset();
         }
@@ -553,6 +601,9 @@ impl Metrics {
                 self.effective_weight
                     .with_label_values(&l)
                     .set(be.effective_weight() as f64 / crate::balance::pool::WEIGHT_SCALE as f64);
+                if let Some(limit) = be.limit() {
+                    self.max_connections.with_label_values(&l).set(limit as i64);
+                }
                 if let Some(load) = be.load() {
                     self.load.with_label_values(&l).set(load as i64);
                 }
@@ -560,6 +611,9 @@ impl Metrics {
                     .with_label_values(&[service, be.name.as_str(), be.admin().name()])
                     .set(1);
             }
+            self.queue_length
+                .with_label_values(&[service])
+                .set(b.pool.queue().waiting() as i64);
             if let Some(n) = b.persistence_entries() {
                 self.pins.with_label_values(&[service]).set(n as i64);
             }

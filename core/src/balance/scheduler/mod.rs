@@ -182,6 +182,7 @@ mod tests {
                     address: SocketAddr::from(([10, 0, 0, i], port)),
                     weight: 1,
                     enabled: true,
+                    max_connections: None,
                 })
                 .collect();
             Pool::new("t", &cfg, None, &CookieKey::new(b"k"))

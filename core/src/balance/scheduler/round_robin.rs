@@ -10,8 +10,9 @@ use crate::balance::hooks::{Pick, Request, SelectServer};
 use crate::balance::pool::{Pool, WEIGHT_SCALE};
 
 /// Smooth weighted round robin (NGINX's algorithm): weights 5,1,1 give a a b a c a a rather
-/// than a a a a a b c. The sequence over available backends is precomputed per pool
-/// generation; a pick is one atomic increment and an index.
+/// than a a a a a b c. The sequence over open backends is precomputed per pool generation
+/// (a backend at its connection limit stays in it: room is checked per pick, as it changes
+/// with every request); a pick is one atomic increment and an index.
 pub struct RoundRobin {
     seq: ArcSwap<Sequence>,
     next: AtomicUsize,
@@ -40,7 +41,7 @@ impl RoundRobin {
             .backends()
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.available())
+            .filter(|(_, b)| b.open())
             .map(|(i, b)| {
                 (
                     i as u32,

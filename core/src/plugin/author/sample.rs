@@ -166,6 +166,7 @@ impl Sample {
                 address,
                 weight: 1,
                 enabled: true,
+                max_connections: None,
             })
             .collect();
         let pool = Pool::new(SERVICE, &configs, None, &CookieKey::new(DEFAULT_SECRET));

@@ -3,7 +3,8 @@
 //! | pingora phase            | what Plugboard does                                         |
 //! |--------------------------|-------------------------------------------------------------|
 //! | `request_filter`         | route to a service (by host and path), redirect if asked;   |
-//! |                          | persistence-key hook, then choose a backend (503 if none)   |
+//! |                          | persistence-key hook, then choose a backend and take its    |
+//! |                          | slot, waiting in the queue while all are full (503 if none) |
 //! | `upstream_peer`          | hand pingora the chosen backend; re-choose after a failure; |
 //! |                          | with `send_proxy` or `source = "client"`, a peer whose      |
 //! |                          | connections carry this client's PROXY header or address and |
@@ -30,6 +31,7 @@ use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use super::route::{host_of, Router};
+use crate::balance::admission::Queued;
 use crate::balance::balancer::{Balancer, Persisted};
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::balance::pool::ActiveGuard;
@@ -153,6 +155,8 @@ pub struct Ctx {
     started: Option<Instant>,
     ttfb: Option<Duration>,
     persisted: Option<Persisted>,
+    /// It waited in the service's queue.
+    queue: Option<Queued>,
 }
 
 impl Ctx {
@@ -178,16 +182,27 @@ impl HttpService {
         }
     }
 
-    fn choose(&self, session: &Session, ctx: &mut Ctx) -> Option<usize> {
-        let req = self.request(session, ctx);
-        let b = &ctx.route().balancer;
-        let keyed = b.key(&req);
-        let (chosen, persisted) = b.choose_persisted(&req, &keyed, &ctx.failed);
-        if let KeyOutcome::Backend(i) = keyed.outcome {
-            ctx.named = Some(i);
+    /// Chooses the backend and takes its slot (in `ctx`), waiting in the queue while every
+    /// backend the request may use is full. `None`: no backend (a 503).
+    async fn choose(&self, session: &Session, ctx: &mut Ctx) -> Option<usize> {
+        let (a, named) = {
+            let req = self.request(session, ctx);
+            let b = &ctx.route().balancer;
+            let keyed = b.key(&req);
+            let named = match keyed.outcome {
+                KeyOutcome::Backend(i) => Some(i),
+                _ => None,
+            };
+            (b.admit(&req, &keyed, &ctx.failed).await, named)
+        };
+        if named.is_some() {
+            ctx.named = named;
         }
-        ctx.persisted = Some(persisted);
-        chosen
+        ctx.persisted = Some(a.persisted);
+        ctx.queue = a.queued.or(ctx.queue);
+        let (i, active) = a.chosen?;
+        ctx.active = Some(active);
+        Some(i)
     }
 }
 
@@ -255,7 +270,7 @@ impl ProxyHttp for HttpService {
                 None => respond(session, 400, &[]).await,
             };
         }
-        ctx.backend = self.choose(session, ctx);
+        ctx.backend = self.choose(session, ctx).await;
         if ctx.backend.is_none() {
             // Answer here rather than fail later, so that a kept-alive client stays connected.
             return respond(session, 503, &[(http::header::RETRY_AFTER, b"1")]).await;
@@ -267,7 +282,7 @@ impl ProxyHttp for HttpService {
         let i = match ctx.backend {
             Some(i) => i,
             None => {
-                let i = self.choose(session, ctx).ok_or_else(no_backend)?;
+                let i = self.choose(session, ctx).await.ok_or_else(no_backend)?;
                 ctx.backend = Some(i);
                 i
             }
@@ -291,7 +306,6 @@ impl ProxyHttp for HttpService {
             };
             connect::for_client(&mut peer, cfg, client, local);
         }
-        ctx.active = Some(r.balancer.pool.acquire(i));
         Ok(peer)
     }
 
@@ -433,6 +447,7 @@ impl ProxyHttp for HttpService {
             retries,
             tls: super::tls_info::of_request(session)
                 .map(|(version, sni)| TlsFields { version, sni }),
+            queue: ctx.queue,
         });
     }
 }

@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::balance::admission::{QueueEnd, Queued};
 use crate::balance::balancer::{Balancer, Persisted};
 use crate::balance::hooks::{KeyOutcome, Request};
 use crate::config::Mode;
@@ -219,6 +220,7 @@ struct Outcome {
     persisted: Persisted,
     retries: u32,
     relayed: Relayed,
+    queue: Option<Queued>,
 }
 
 impl Outcome {
@@ -232,6 +234,7 @@ impl Outcome {
                 bytes_out: 0,
                 end,
             },
+            queue: None,
         }
     }
 }
@@ -300,6 +303,7 @@ impl Target {
                 version,
                 sni: sni.as_deref(),
             }),
+            queue: outcome.queue,
         });
     }
 
@@ -363,42 +367,51 @@ impl Target {
         let bind = Bind::new(cfg.source, peer.ip());
         let mut failed: Vec<usize> = Vec::new();
         let mut persisted = Persisted::None;
-        let done = |failed: &[usize], persisted, end| Outcome {
+        let mut queue = None;
+        let done = |failed: &[usize], persisted, end, queue| Outcome {
             backend: failed.last().copied(),
             persisted,
             retries: (failed.len() as u32).saturating_sub(1),
+            queue,
             ..Outcome::ended(end)
         };
-        let (i, server) = loop {
-            let (chosen, how) = b.choose_persisted(&req, &outcome, &failed);
+        // The slot is taken with the choice, so a connect in progress counts against the
+        // backend's max_connections.
+        let (i, server, _active) = loop {
+            let a = b.admit(&req, &outcome, &failed).await;
             if failed.is_empty() {
-                persisted = how;
+                persisted = a.persisted;
             }
-            let Some(i) = chosen else {
-                return match failed.is_empty() {
-                    true => Outcome::ended(TcpEnd::NoBackend),
-                    false => done(&failed, persisted, TcpEnd::ConnectFailure),
+            queue = a.queued.or(queue);
+            let Some((i, active)) = a.chosen else {
+                let end = match (a.queued.map(|q| q.end), failed.is_empty()) {
+                    (Some(QueueEnd::Timeout), _) => TcpEnd::QueueTimeout,
+                    (Some(QueueEnd::Full), _) => TcpEnd::QueueFull,
+                    (_, true) => TcpEnd::NoBackend,
+                    (_, false) => TcpEnd::ConnectFailure,
                 };
+                return done(&failed, persisted, end, queue);
             };
             match tokio::time::timeout(cfg.connect_timeout, connect(b.pool.get(i).address, bind))
                 .await
             {
-                Ok(Ok(s)) => break (i, s),
+                Ok(Ok(s)) => break (i, s, active),
                 _ => {
+                    drop(active);
                     b.connect_failed(i);
                     failed.push(i);
                     if failed.len() > cfg.retries as usize {
-                        return done(&failed, persisted, TcpEnd::ConnectFailure);
+                        return done(&failed, persisted, TcpEnd::ConnectFailure, queue);
                     }
                 }
             }
         };
-        let _active = b.pool.acquire(i);
         let served = |relayed| Outcome {
             backend: Some(i),
             persisted,
             retries: failed.len() as u32,
             relayed,
+            queue,
         };
         let nothing = |end| Relayed {
             bytes_in: 0,

@@ -37,7 +37,7 @@ use pingora::server::ShutdownWatch;
 use tokio::net::UdpSocket;
 use tokio::sync::{watch, Notify};
 
-use crate::balance::balancer::Balancer;
+use crate::balance::balancer::{Balancer, Decision};
 use crate::balance::hooks::Request;
 use crate::balance::pool::{ActiveGuard, AdminState};
 use crate::config::{Mode, DEFAULT_MAX_FLOWS};
@@ -296,7 +296,7 @@ impl Worker {
         let chosen = match b.followed(peer.ip()) {
             Some(i) => {
                 b.backend_counters(i).selected.inc();
-                Some(i)
+                Some((i, b.pool.acquire(i)))
             }
             None => {
                 let cfg = b.config();
@@ -309,10 +309,18 @@ impl Worker {
                     key: None,
                 };
                 let keyed = b.key_final(&req);
-                b.choose_persisted(&req, &keyed, &[]).0
+                // A datagram does not wait: with what it may use at its agent's maxconn, it
+                // is dropped as with no backend.
+                let (d, persisted) = b.decide(&req, &keyed, &[]);
+                let chosen = match d {
+                    Decision::Go(i, active) => Some((i, active)),
+                    Decision::Wait(_) | Decision::Refuse => None,
+                };
+                b.count(&req, chosen.as_ref().map(|c| c.0), persisted);
+                chosen
             }
         };
-        let Some(i) = chosen else {
+        let Some((i, active)) = chosen else {
             sc.udp_dropped[udp_drop::NO_BACKEND].inc();
             return;
         };
@@ -328,7 +336,7 @@ impl Worker {
         let flow = Arc::new(Flow {
             socket,
             backend: i,
-            _active: b.pool.acquire(i),
+            _active: active,
             balancer: b.clone(),
             last: AtomicU64::new(self.now_ms()),
             end: Notify::new(),
