@@ -21,6 +21,10 @@
 //! `stale_after` polls, then the backend returns to its static weight. The agent never takes a
 //! backend down by being unreachable: only an explicit `down`/`fail`/`stopped`/`101` does.
 
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzz;
+
 use plugboard_sdk::{
     agent, export_plugin, log, net, Backend, Backends, Config, Health, HealthCheck, Plugin,
     Request, SelectServer,
