@@ -3,12 +3,9 @@
 //! health-check hook on a mock host. Not an API.
 
 use plugboard_sdk::testing::{Mock, MockBackend};
-use plugboard_sdk::{Config, HealthCheck, Plugin};
+use plugboard_sdk::{agent, Config, HealthCheck, Plugin};
 
 use crate::{parse_haproxy, parse_kemp, AgentLoad};
-
-/// Largest weight percentage the host accepts from `set_agent` (`sdk/ABI.md`).
-const MAX_WEIGHT_PERCENT: i64 = 25_600;
 
 /// Panics when an invariant breaks.
 pub fn agent_reply(data: &[u8]) {
@@ -33,7 +30,7 @@ pub fn agent_reply(data: &[u8]) {
         for &(prop, value) in &mock.agent_out {
             match prop {
                 0 => assert!(
-                    (0..=MAX_WEIGHT_PERCENT).contains(&value),
+                    (0..=agent::MAX_WEIGHT_PERCENT as i64).contains(&value),
                     "weight percent {value} is outside what the host accepts"
                 ),
                 1 => assert!((0..=u32::MAX as i64).contains(&value)),
