@@ -182,9 +182,10 @@ pub fn lua_api(data: &[u8]) {
     CODE.with(|code| run_hooks(code.as_ref(), data));
 }
 
-/// One fresh instance: the persistence key with `program` as the tcp payload (and an HTTP
-/// header with cookies to look up), then the response step and a health check. A fault ends
-/// the run, as it retires the instance in the proxy; what matters is that the host survives.
+/// One fresh instance: the persistence key of a tcp connection whose payload is `program`
+/// (the plugin keeps it), then the response step of an HTTP request with headers and cookies
+/// to look up, then a health check. A fault ends the run, as it retires the instance in the
+/// proxy; what matters is that the host survives.
 fn run_hooks(code: &dyn Code, program: &[u8]) {
     let log = LOG.with(Arc::clone);
     let mut inst: Box<dyn Instance> = code.instantiate("{}", LIMITS, log).unwrap();
@@ -192,12 +193,13 @@ fn run_hooks(code: &dyn Code, program: &[u8]) {
     let mut h = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
     h.append_header("cookie", "MS-WSMAN=x; s=1").unwrap();
     h.append_header("x-user", "alice").unwrap();
-    let req = request(Mode::Tcp, Some(&h), program);
-    match inst.key(&req, &pool) {
+    let conn = request(Mode::Tcp, None, program);
+    match inst.key(&conn, &pool) {
         Ok(KeyOutcome::Backend(i)) => assert!(i < pool.len(), "backend {i} of {}", pool.len()),
         Ok(_) => {}
         Err(_) => return,
     }
+    let req = request(Mode::Http, Some(&h), &[]);
     let mut resp = ResponseHeader::build(200, None).unwrap();
     if inst.on_response(&req, None, 0, &pool, &mut resp).is_err() {
         return;
