@@ -13,6 +13,8 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod health;
 pub mod io;
 pub mod observe;

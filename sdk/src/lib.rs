@@ -438,7 +438,12 @@ pub mod agent {
         Maint = 2,
     }
 
-    /// Percentage of the configured weight (HAProxy `75%`, `weight:N`); 0 drains.
+    /// The largest weight percentage the host accepts (a weight of 1 raised to 256, HAProxy's
+    /// largest weight); `set_weight_percent` above it is refused.
+    pub const MAX_WEIGHT_PERCENT: u32 = 25_600;
+
+    /// Percentage of the configured weight (HAProxy `75%`, `weight:N`), at most
+    /// [`MAX_WEIGHT_PERCENT`]; 0 drains.
     pub fn set_weight_percent(p: u32) -> bool {
         sys::set_agent(0, p as i64) == 0
     }

@@ -382,3 +382,19 @@ pub(crate) mod host {
         })
     }
 }
+
+/// Feeds every file of a fuzz corpus directory (`fuzz/corpus/<target>`) to the target's entry
+/// function and returns how many there were, so a plain `cargo test` replays what a fuzzing
+/// campaign kept. A missing or empty directory panics: a replay of nothing must not pass.
+pub fn replay_corpus(dir: &str, entry: impl Fn(&[u8])) -> usize {
+    let files = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("fuzz corpus {dir}: {e}"));
+    let mut n = 0;
+    for f in files {
+        let path = f.unwrap().path();
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        entry(&data);
+        n += 1;
+    }
+    assert!(n > 0, "fuzz corpus {dir} is empty");
+    n
+}

@@ -24,7 +24,7 @@ pub const V1_MAX: usize = 107;
 pub const V2_MAX_PAYLOAD: usize = 512;
 /// The fixed part of a v2 header: signature, version and command, family, length.
 const V2_FIXED: usize = 16;
-const MAX_HEADER: usize = V2_FIXED + V2_MAX_PAYLOAD;
+pub(crate) const MAX_HEADER: usize = V2_FIXED + V2_MAX_PAYLOAD;
 const V1_PREFIX: &[u8] = b"PROXY ";
 
 /// The addresses a header carried.
@@ -123,7 +123,7 @@ async fn read_header(tcp: &mut TcpStream) -> Result<Option<Carried>, Refused> {
 
 /// How much of the bytes seen so far is header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Frame {
+pub(crate) enum Frame {
     /// All of them, and the header goes on.
     More,
     /// The header is the first this many.
@@ -133,7 +133,7 @@ enum Frame {
 /// Frames the start of a connection (`seen`, at least one byte): v1 begins with `PROXY `
 /// and ends at the first CRLF; v2 begins with its 12-byte signature and its length field
 /// (bytes 14-15) says how much follows the fixed 16.
-fn frame(seen: &[u8]) -> Result<Frame, Refused> {
+pub(crate) fn frame(seen: &[u8]) -> Result<Frame, Refused> {
     let matches = |prefix: &[u8]| {
         let k = seen.len().min(prefix.len());
         seen[..k] == prefix[..k]
@@ -165,7 +165,7 @@ fn frame(seen: &[u8]) -> Result<Frame, Refused> {
 }
 
 /// Parses a whole header (as framed) with `ppp`.
-fn parse(header: &[u8]) -> Result<Option<Carried>, Refused> {
+pub(crate) fn parse(header: &[u8]) -> Result<Option<Carried>, Refused> {
     let invalid = |e: &dyn std::fmt::Display| Refused::Invalid(e.to_string());
     if header.starts_with(V1_PREFIX) {
         let h = v1::Header::try_from(header).map_err(|e| invalid(&e))?;

@@ -21,6 +21,10 @@
 //! `stale_after` polls, then the backend returns to its static weight. The agent never takes a
 //! backend down by being unreachable: only an explicit `down`/`fail`/`stopped`/`101` does.
 
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzz;
+
 use plugboard_sdk::{
     agent, export_plugin, log, net, Backend, Backends, Config, Health, HealthCheck, Plugin,
     Request, SelectServer,
@@ -91,10 +95,10 @@ pub fn parse_haproxy(line: &[u8]) -> Option<Report> {
             "down" | "fail" | "stopped" => set(&mut r.up, false),
             _ => {
                 if let Some(p) = w.strip_suffix('%').filter(|p| !p.contains(':')) {
-                    p.parse().ok().map(|p| r.weight_percent = Some(p)).is_some()
+                    percent(p).map(|p| r.weight_percent = Some(p)).is_some()
                 } else if let Some(v) = w.strip_prefix("weight:") {
                     match v.strip_suffix('%') {
-                        Some(p) => p.parse().ok().map(|p| r.weight_percent = Some(p)).is_some(),
+                        Some(p) => percent(p).map(|p| r.weight_percent = Some(p)).is_some(),
                         None => v
                             .parse()
                             .ok()
@@ -111,6 +115,14 @@ pub fn parse_haproxy(line: &[u8]) -> Option<Report> {
         };
     }
     understood.then_some(r)
+}
+
+/// A weight percentage, capped at what the host accepts: HAProxy caps the weight it derives
+/// the same way, and an uncapped `300000%` would be refused by the host and the report lost.
+fn percent(p: &str) -> Option<u32> {
+    p.parse::<u32>()
+        .ok()
+        .map(|p| p.min(agent::MAX_WEIGHT_PERCENT))
 }
 
 fn set<T>(slot: &mut Option<T>, v: T) -> bool {
@@ -359,6 +371,19 @@ mod tests {
         assert_eq!(parse_kemp(b"103"), None);
         assert_eq!(parse_kemp(b"busy"), None);
         assert_eq!(parse_kemp(b""), None);
+    }
+
+    /// Found by the `agent_reply` fuzz target (fuzz/corpus/agent_reply/crash-7fa2e067...):
+    /// `75151%` was passed on as is, and the host refused it, losing the report.
+    #[test]
+    fn weight_percent_is_capped_at_what_the_host_accepts() {
+        for line in ["75151%", "weight:4000000000%"] {
+            assert_eq!(
+                parse_haproxy(line.as_bytes()).unwrap().weight_percent,
+                Some(agent::MAX_WEIGHT_PERCENT),
+                "{line}"
+            );
+        }
     }
 
     #[test]

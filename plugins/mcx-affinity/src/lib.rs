@@ -15,6 +15,10 @@
 //! value naming no backend of the pool is treated as absent, so a client can at most choose
 //! among the pool's backends (as with any cookie persistence), never reach another server.
 
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzz;
+
 use plugboard_sdk::{
     export_plugin, Backends, Config, Key, PersistenceKey, Plugin, Request, Response,
 };

@@ -14,6 +14,10 @@
 //! RDP_NEG_FAILURE answer still proves a live RDP stack. A port that accepts but does not
 //! answer RDP is down.
 
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzz;
+
 use plugboard_sdk::{
     export_plugin, net, Backend, Backends, Config, Health, HealthCheck, Key, PersistenceKey,
     Plugin, Request,
