@@ -35,3 +35,38 @@ fn wasm_abi_corpus() {
 fn lua_api_corpus() {
     replay("lua_api", fuzz_entry::lua_api);
 }
+
+/// Every target in `fuzz/fuzz_targets/` calls one entry function whose corpus a stable test
+/// replays (here, or in the plugin's own `fuzz_corpus_replays`): a new target without a replay,
+/// or a target calling another function than the one replayed, fails here.
+#[test]
+fn every_fuzz_target_calls_a_replayed_entry() {
+    let replayed = [
+        ("proxy_header", "plugboard::fuzz_entry::proxy_header(data)"),
+        ("config", "plugboard::fuzz_entry::config(data)"),
+        ("cookies", "plugboard::fuzz_entry::cookie(data)"),
+        ("cookies", "mcx_affinity::fuzz::cookie(data)"),
+        ("wasm_abi", "plugboard::fuzz_entry::wasm_abi(data)"),
+        ("lua_api", "plugboard::fuzz_entry::lua_api(data)"),
+        ("rdp", "rdp_cookie::fuzz::connection_request(data)"),
+        ("agent_reply", "agent_load::fuzz::agent_reply(data)"),
+    ];
+    let dir = format!("{}/../fuzz/fuzz_targets", env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let target = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let calls: Vec<_> = replayed
+            .iter()
+            .filter(|(t, call)| *t == target && text.contains(call))
+            .collect();
+        assert!(
+            !calls.is_empty(),
+            "{}: calls no entry function whose corpus is replayed",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 7, "fuzz targets in {dir}");
+}

@@ -95,6 +95,7 @@ fn pool() -> Pool {
             address: a.parse().unwrap(),
             weight: i as u32 + 1,
             enabled: true,
+            max_connections: None,
         })
         .collect();
     Pool::new("fuzz", &backends, None, &CookieKey::new(b"fuzz"))
