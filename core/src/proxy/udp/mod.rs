@@ -309,9 +309,13 @@ impl Worker {
                     key: None,
                 };
                 let keyed = b.key_final(&req);
-                // A datagram does not wait: with what it may use at its agent's maxconn, it
-                // is dropped as with no backend.
-                let (d, persisted) = b.decide(&req, &keyed, &[]);
+                // A datagram does not wait: a pinned backend at its agent's maxconn is passed
+                // over for another (and the key pinned there); with every backend full it is
+                // dropped as with no backend.
+                let (mut d, mut persisted) = b.decide(&req, &keyed, &[]);
+                if let Decision::Wait(Some(full)) = d {
+                    (d, persisted) = b.decide(&req, &keyed, &[full]);
+                }
                 let chosen = match d {
                     Decision::Go(i, active) => Some((i, active)),
                     Decision::Wait(_) | Decision::Refuse => None,
