@@ -96,7 +96,12 @@ impl Chaos {
 
     fn ctl_reload(&self) -> (bool, String) {
         let out = Command::new(&self.plugboard)
-            .args(["ctl", "--admin", &format!("http://{}", self.layout.admin), "reload"])
+            .args([
+                "ctl",
+                "--admin",
+                &format!("http://{}", self.layout.admin),
+                "reload",
+            ])
             .output()
             .expect("run plugboard ctl");
         let text = format!(

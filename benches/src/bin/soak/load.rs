@@ -88,7 +88,10 @@ pub async fn http_keepalive(to: SocketAddr, user: usize, books: Arc<Books>, end:
             match TcpStream::connect(to).await {
                 Ok(s) => conn = Some(BufReader::new(s)),
                 Err(e) => {
-                    books.fail(&books.tally.failed_idempotent, format!("{who}: connect: {e}"));
+                    books.fail(
+                        &books.tally.failed_idempotent,
+                        format!("{who}: connect: {e}"),
+                    );
                     tokio::time::sleep(PAUSE).await;
                     continue;
                 }
@@ -120,7 +123,10 @@ pub async fn http_new(to: SocketAddr, books: Arc<Books>, end: Instant) {
             Err(e) => Err(format!("connect: {e}")),
         };
         if let Err(e) = r {
-            books.fail(&books.tally.failed_idempotent, format!("http new-connection: {e}"));
+            books.fail(
+                &books.tally.failed_idempotent,
+                format!("http new-connection: {e}"),
+            );
         }
         tokio::time::sleep(PAUSE).await;
     }
@@ -140,12 +146,18 @@ pub async fn https(to: SocketAddr, books: Arc<Books>, end: Instant) {
         let mut s = match timeout(ANSWER, conn).await {
             Ok(Ok(s)) => BufReader::new(s),
             Ok(Err(e)) => {
-                books.fail(&books.tally.failed_idempotent, format!("https: connect: {e}"));
+                books.fail(
+                    &books.tally.failed_idempotent,
+                    format!("https: connect: {e}"),
+                );
                 tokio::time::sleep(PAUSE).await;
                 continue;
             }
             Err(_) => {
-                books.fail(&books.tally.failed_idempotent, "https: no handshake within 5 s".into());
+                books.fail(
+                    &books.tally.failed_idempotent,
+                    "https: no handshake within 5 s".into(),
+                );
                 continue;
             }
         };
@@ -209,7 +221,10 @@ pub async fn long_lived(to: SocketAddr, n: usize, life: Duration, books: Arc<Boo
                 }
                 (Ok(name), Some((b, _))) if &name == b => books.tally.long_lines.add(),
                 (Ok(name), Some((b, _))) => {
-                    books.fail(&books.tally.dropped_long, format!("{who}: moved from {b} to {name}"));
+                    books.fail(
+                        &books.tally.dropped_long,
+                        format!("{who}: moved from {b} to {name}"),
+                    );
                     break;
                 }
                 (Err(e), Some((b, kills))) if books.seen(b).0 != *kills => {
@@ -265,7 +280,10 @@ pub async fn rdp(to: SocketAddr, user: usize, books: Arc<Books>, end: Instant) {
             Ok(Ok(name)) if books.marks(&name).is_some() => pin.check(&books, &name, &who),
             Ok(Ok(other)) => books.fail(&books.tally.failed_rdp, format!("{who}: got {other:?}")),
             Ok(Err(e)) => books.fail(&books.tally.failed_rdp, format!("{who}: {e}")),
-            Err(_) => books.fail(&books.tally.failed_rdp, format!("{who}: no answer within 5 s")),
+            Err(_) => books.fail(
+                &books.tally.failed_rdp,
+                format!("{who}: no answer within 5 s"),
+            ),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -309,7 +327,10 @@ pub async fn udp(to: SocketAddr, n: usize, books: Arc<Books>, end: Instant) {
             }
             (None, on) => {
                 let at = on.as_ref().map_or("?", |(b, _)| b.as_str());
-                books.fail(&books.tally.lost_udp, format!("{who} on {at}: datagram {seq} lost"));
+                books.fail(
+                    &books.tally.lost_udp,
+                    format!("{who} on {at}: datagram {seq} lost"),
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

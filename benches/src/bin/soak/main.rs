@@ -82,7 +82,14 @@ fn free_addr() -> SocketAddr {
 fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=bench.example.com"])
         .args(["-addext", "subjectAltName=DNS:bench.example.com"])
         .arg("-keyout")
@@ -91,7 +98,11 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
         .arg(&cert)
         .output()
         .expect("openssl is needed (scripts/soak installs it)");
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (cert, key)
 }
 
@@ -163,7 +174,11 @@ async fn main() {
         if let Ok(Some(s)) = child.try_wait() {
             panic!("plugboard exited with {s}; see {}", log.display());
         }
-        assert!(Instant::now() < ready, "plugboard did not listen; see {}", log.display());
+        assert!(
+            Instant::now() < ready,
+            "plugboard did not listen; see {}",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -191,7 +206,11 @@ async fn main() {
     for i in 0..UDP_FLOWS {
         tasks.spawn(load::udp(layout.dgram, i, books.clone(), end));
     }
-    let every = if a.run > Duration::from_secs(300) { 5 } else { 2 };
+    let every = if a.run > Duration::from_secs(300) {
+        5
+    } else {
+        2
+    };
     let sampler = tokio::spawn(async move {
         let mut samples = Vec::new();
         while Instant::now() < end {

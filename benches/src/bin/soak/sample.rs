@@ -30,7 +30,10 @@ pub fn take(pid: u32, start: Instant) -> Option<Sample> {
 /// The first fifth of the run (at least 10 s) is warm-up and not judged.
 pub fn after_warmup(samples: &[Sample], run: Duration) -> &[Sample] {
     let warm = (run / 5).max(Duration::from_secs(10));
-    let from = samples.iter().position(|s| s.at >= warm).unwrap_or(samples.len());
+    let from = samples
+        .iter()
+        .position(|s| s.at >= warm)
+        .unwrap_or(samples.len());
     &samples[from..]
 }
 
@@ -58,7 +61,10 @@ pub fn trend(
     let (first, last) = if third == 0 {
         (0.0, 0.0)
     } else {
-        (mean(&samples[..third]), mean(&samples[samples.len() - third..]))
+        (
+            mean(&samples[..third]),
+            mean(&samples[samples.len() - third..]),
+        )
     };
     Trend {
         name,
