@@ -243,22 +243,11 @@ pub async fn long_lived(to: SocketAddr, n: usize, life: Duration, books: Arc<Boo
     }
 }
 
-/// An RDP Connection Request with `Cookie: mstshash=USER` and an rdpNegReq.
-fn connection_request(user: &str) -> Vec<u8> {
-    let mut p = vec![3, 0, 0, 0, 0, 0xe0, 0, 0, 0, 0, 0];
-    p.extend_from_slice(format!("Cookie: mstshash={user}\r\n").as_bytes());
-    p.extend_from_slice(&[1, 0, 8, 0, 3, 0, 0, 0]);
-    let len = p.len();
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[4] = (len - 5) as u8;
-    p
-}
-
 /// RDP users connecting again and again: each must land on its backend (rdp-cookie
 /// persistence, shared through Redis) unless that backend was killed or drained.
 pub async fn rdp(to: SocketAddr, user: usize, books: Arc<Books>, end: Instant) {
     let who = format!("rdp user{user}");
-    let cr = connection_request(&format!("user{user}"));
+    let cr = plugboard_benches::rdp::connection_request(&format!("user{user}"));
     let mut pin = Pin::default();
     for _ in 0..MAX_PER_CLIENT {
         if Instant::now() >= end {

@@ -13,58 +13,62 @@ pub fn print(books: &Books, samples: &[Sample], run: Duration, seed: u64, alive:
         "| measure | count | goal |".to_string(),
         "|---|---|---|".to_string(),
     ];
-    let mut info = |what: &str, n: u64| rows.push(format!("| {what} | {n} | |"));
-    info(
-        "HTTP requests, kept-alive connections (sticky by header)",
-        t.http_keepalive.get(),
-    );
-    info("HTTP requests, a new connection each", t.http_new.get());
-    info("HTTPS requests (20 per connection)", t.https.get());
-    info(
-        "RDP connection requests (sticky by mstshash cookie, shared through Redis)",
-        t.rdp.get(),
-    );
-    info("UDP datagrams", t.udp.get());
-    info("long-lived TCP connections opened", t.long_opened.get());
-    info("long-lived TCP echoes", t.long_lines.get());
-    info(
-        "long-lived TCP connections ended by a kill of their backend",
-        t.long_on_killed.get(),
-    );
-    info(
-        "UDP datagrams lost to a kill of their flow's backend",
-        t.udp_on_killed.get(),
-    );
-    info(
-        "sticky clients moved after their backend was killed or drained",
-        t.moved_after_kill.get(),
-    );
-    let mut goal = |what: &str, n: u64| {
+    let info = [
+        (
+            "HTTP requests, kept-alive connections (sticky by header)",
+            &t.http_keepalive,
+        ),
+        ("HTTP requests, a new connection each", &t.http_new),
+        ("HTTPS requests (20 per connection)", &t.https),
+        (
+            "RDP connection requests (sticky by mstshash cookie, shared through Redis)",
+            &t.rdp,
+        ),
+        ("UDP datagrams", &t.udp),
+        ("long-lived TCP connections opened", &t.long_opened),
+        ("long-lived TCP echoes", &t.long_lines),
+        (
+            "long-lived TCP connections ended by a kill of their backend",
+            &t.long_on_killed,
+        ),
+        (
+            "UDP datagrams lost to a kill of their flow's backend",
+            &t.udp_on_killed,
+        ),
+        (
+            "sticky clients moved after their backend was killed or drained",
+            &t.moved_after_kill,
+        ),
+    ];
+    for (what, n) in info {
+        rows.push(format!("| {what} | {} | |", n.get()));
+    }
+    let goals = [
+        (
+            "failed idempotent requests (HTTP, HTTPS GET)",
+            t.failed_idempotent.get(),
+        ),
+        ("failed RDP connection requests", t.failed_rdp.get()),
+        (
+            "dropped long-lived TCP connections not on a killed backend",
+            t.dropped_long.get(),
+        ),
+        (
+            "UDP datagrams lost not on a killed backend",
+            t.lost_udp.get(),
+        ),
+        ("persistence violations", t.persistence_violations.get()),
+        (
+            "reloads or API calls answered wrongly",
+            t.reload_wrong.get(),
+        ),
+        ("proxy exited", u64::from(!alive)),
+    ];
+    for (what, n) in goals {
         ok &= n == 0;
-        rows.push(format!(
-            "| **{what}** | **{n}** | 0 {} |",
-            if n == 0 { "met" } else { "MISSED" }
-        ));
-    };
-    goal(
-        "failed idempotent requests (HTTP, HTTPS GET)",
-        t.failed_idempotent.get(),
-    );
-    goal("failed RDP connection requests", t.failed_rdp.get());
-    goal(
-        "dropped long-lived TCP connections not on a killed backend",
-        t.dropped_long.get(),
-    );
-    goal(
-        "UDP datagrams lost not on a killed backend",
-        t.lost_udp.get(),
-    );
-    goal("persistence violations", t.persistence_violations.get());
-    goal(
-        "reloads or API calls answered wrongly",
-        t.reload_wrong.get(),
-    );
-    goal("proxy exited", u64::from(!alive));
+        let verdict = if n == 0 { "met" } else { "MISSED" };
+        rows.push(format!("| **{what}** | **{n}** | 0 {verdict} |"));
+    }
 
     let judged = after_warmup(samples, run);
     let trends = [
