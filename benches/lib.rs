@@ -3,5 +3,7 @@
 //!
 //! The binaries in `src/bin` are the load generators and servers of `benches/run`.
 
+#[path = "src/rdp.rs"]
+pub mod rdp;
 #[path = "src/tls_client.rs"]
 pub mod tls_client;

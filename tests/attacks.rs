@@ -9,20 +9,27 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::haproxy::Haproxy;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// Raw requests as the backend received them (one entry per read burst).
 type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
 
+/// Size of the `/big` response.
+const BIG: usize = 64 * 1024 * 1024;
+/// Bytes of `/big` responses the backend has written so far (all tests of this file).
+static BIG_SENT: AtomicUsize = AtomicUsize::new(0);
+
 /// A backend that records what reaches it and answers by path: `/garbage` with bytes that are
 /// not HTTP, `/short` with a body shorter than declared (then closes), `/long` with a body
-/// longer than declared, anything else with `200 ok`.
+/// longer than declared, `/big` with 64 MiB (counted in `BIG_SENT` as they are written),
+/// anything else with `200 ok`.
 async fn raw_backend() -> (SocketAddr, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -42,6 +49,10 @@ async fn raw_backend() -> (SocketAddr, Seen) {
                     };
                     s.lock().unwrap().push(req.clone());
                     let path = request_path(&req);
+                    if path == "/big" {
+                        let _ = big(&mut c).await;
+                        return;
+                    }
                     let answer: &[u8] = match path.as_str() {
                         "/garbage" => b"SURPRISE\x00\x01 not http at all\r\n\r\n",
                         "/short" => b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
@@ -57,6 +68,18 @@ async fn raw_backend() -> (SocketAddr, Seen) {
         }
     });
     (addr, seen)
+}
+
+/// Writes the `/big` response, 64 KiB at a time, as fast as the peer takes it.
+async fn big(c: &mut TcpStream) -> std::io::Result<()> {
+    c.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n").as_bytes())
+        .await?;
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..BIG / chunk.len() {
+        c.write_all(&chunk).await?;
+        BIG_SENT.fetch_add(chunk.len(), Ordering::SeqCst);
+    }
+    Ok(())
 }
 
 /// Reads what arrives until 150 ms pass with nothing more (a request and its body).
@@ -512,14 +535,7 @@ async fn slow_and_broken_clients_and_backends_cost_a_clear_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_bounded_memory() {
     let f = fronts().await;
-    let rss = || {
-        std::fs::read_to_string(format!("/proc/{}/status", f._p.pid()))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
-            .unwrap()
-    };
+    let rss = || rss_kib(f._p.pid());
     let before = rss();
     let mut c = TcpStream::connect(f.plugboard).await.unwrap();
     let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".repeat(1000);
@@ -540,4 +556,97 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
     );
     assert!(grown < 32 * 1024, "RSS grew by {grown} kB for one client");
     drop(c);
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .unwrap()
+}
+
+/// What a slow reader of `/big` got: bytes read, how the connection ended within `limit`
+/// (`None`: still open), after how long.
+async fn read_slowly(
+    to: SocketAddr,
+    limit: Duration,
+    mut during: impl FnMut(),
+) -> (usize, Option<&'static str>, Duration) {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut c = sock.connect(to).await.unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut read = 0;
+    let mut buf = [0u8; 16];
+    let end = loop {
+        if start.elapsed() >= limit {
+            break None;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), c.read(&mut buf)).await {
+            Ok(Ok(0)) => break Some("closed"),
+            Ok(Err(_)) => break Some("reset"),
+            Ok(Ok(n)) => read += n,
+            Err(_) => {}
+        }
+        during();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    (read, end, start.elapsed())
+}
+
+fn slow_outcome((read, end, took): (usize, Option<&str>, Duration)) -> String {
+    let (kib, secs) = (read / 1024, took.as_secs_f64());
+    match end {
+        Some(how) => format!("{how} after {secs:.0} s ({kib} KiB read)"),
+        None => format!("still open at {secs:.0} s ({kib} KiB read)"),
+    }
+}
+
+/// A client that reads a large response slowly (a 4 KiB receive buffer, 16 bytes every 10 ms)
+/// costs bounded memory and time: the proxy reads from the backend only as fast as the client
+/// takes the bytes, and once a write to the client has waited `idle_timeout` it resets the
+/// connection, so the kernel does not go on feeding the client what it still holds for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_slowly_costs_bounded_memory_and_time() {
+    let f = fronts().await;
+    let pid = f._p.pid();
+    let before = rss_kib(pid);
+    let mut peak = before;
+    let limit = Duration::from_secs(15);
+    let ours = read_slowly(f.plugboard, limit, || peak = peak.max(rss_kib(pid))).await;
+    let sent = BIG_SENT.swap(0, Ordering::SeqCst);
+    f.assert_serves().await;
+    let theirs = match f.haproxy {
+        Some(h) => slow_outcome(read_slowly(h, limit, || {}).await),
+        None => "-".to_string(),
+    };
+    let mut table = table_head();
+    table.push(format!(
+        "| 64 MiB response read 16 bytes per 10 ms (4 KiB receive buffer; idle_timeout 3 s) | {} | {theirs} |",
+        slow_outcome(ours)
+    ));
+    eprintln!("{}", table.join("\n"));
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "backend wrote {} KiB of /big; proxy RSS grew by {grown} KiB",
+        sent / 1024
+    );
+    assert!(
+        ours.1.is_some(),
+        "the slow reader was still connected after {limit:?}"
+    );
+    assert!(
+        sent < 16 * 1024 * 1024,
+        "the proxy read {sent} bytes of a response its client was not taking"
+    );
+    assert!(
+        grown < 16 * 1024,
+        "RSS grew by {grown} kB for one slow reader"
+    );
 }

@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn request(user: &str) -> Vec<u8> {
-    let mut p = vec![3, 0, 0, 0, 0, 0xe0, 0, 0, 0, 0, 0];
-    p.extend_from_slice(format!("Cookie: mstshash={user}\r\n").as_bytes());
-    p.extend_from_slice(&[1, 0, 8, 0, 3, 0, 0, 0]);
-    let len = p.len();
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[4] = (len - 5) as u8;
-    p
-}
-
 #[tokio::main]
 async fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
@@ -35,7 +25,10 @@ async fn main() {
             let mut i = 0usize;
             while Instant::now() < end {
                 i += 1;
-                let req = request(&format!("user{}", (w * 7919 + i) % 1000));
+                let req = plugboard_benches::rdp::connection_request(&format!(
+                    "user{}",
+                    (w * 7919 + i) % 1000
+                ));
                 let ok = async {
                     let mut s = tokio::net::TcpStream::connect(&target).await.ok()?;
                     s.write_all(&req).await.ok()?;

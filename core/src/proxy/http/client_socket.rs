@@ -144,6 +144,9 @@ pub struct ClientSocket {
     sent: usize,
     /// A TLS close_notify has been queued (by the first `poll_shutdown`).
     closing: bool,
+    /// A write or flush was left waiting for the client to take bytes, and none has
+    /// completed since (a flush with nothing to send does not count).
+    stalled: bool,
 }
 
 impl ClientSocket {
@@ -155,6 +158,7 @@ impl ClientSocket {
             out: Vec::new(),
             sent: 0,
             closing: false,
+            stalled: false,
         }
     }
 
@@ -231,8 +235,71 @@ impl AsyncRead for ClientSocket {
     }
 }
 
+/// A response given up while its client was not taking it (pingora's write timeout or
+/// `min_send_rate`): the socket is set to close with a reset. A plain close would leave the
+/// kernel trickling out what it holds for the client (up to the send buffer, megabytes) for as
+/// long as the client keeps reading, however slowly.
+impl Drop for ClientSocket {
+    fn drop(&mut self) {
+        if self.stalled {
+            let _ = SockRef::from(&self.client.tcp).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+}
+
 impl AsyncWrite for ClientSocket {
     fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = self.as_mut().write_now(cx, buf);
+        match r {
+            Poll::Pending => self.stalled = true,
+            Poll::Ready(Ok(n)) if n > 0 => self.stalled = false,
+            Poll::Ready(_) => {}
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let had = self.out.len() > self.sent;
+        let r = self.as_mut().flush_now(cx);
+        match r {
+            Poll::Pending => self.stalled = true,
+            Poll::Ready(Ok(())) if had => self.stalled = false,
+            Poll::Ready(_) => {}
+        }
+        r
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        let me = &mut *self;
+        if me.client.header_too_large() {
+            // The connection's task answers 431 and closes; pingora, which saw only a failed
+            // read, must not end the stream first.
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(tls) = me.client.tls() {
+            let mut session = tls?;
+            if !me.closing {
+                session.close_notify()?;
+                me.closing = true;
+            }
+            ready!(session.poll_flush(&me.client.tcp, cx))?;
+        }
+        Poll::Ready(
+            match SockRef::from(&me.client.tcp).shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                r => r,
+            },
+        )
+    }
+}
+
+impl ClientSocket {
+    fn write_now(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
@@ -270,7 +337,7 @@ impl AsyncWrite for ClientSocket {
         }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn flush_now(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = &mut *self;
         let tcp = &me.client.tcp;
         if let Some(tls) = me.client.tls() {
@@ -295,30 +362,6 @@ impl AsyncWrite for ClientSocket {
         me.out = Vec::new();
         me.sent = 0;
         Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.as_mut().poll_flush(cx))?;
-        let me = &mut *self;
-        if me.client.header_too_large() {
-            // The connection's task answers 431 and closes; pingora, which saw only a failed
-            // read, must not end the stream first.
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(tls) = me.client.tls() {
-            let mut session = tls?;
-            if !me.closing {
-                session.close_notify()?;
-                me.closing = true;
-            }
-            ready!(session.poll_flush(&me.client.tcp, cx))?;
-        }
-        Poll::Ready(
-            match SockRef::from(&me.client.tcp).shutdown(std::net::Shutdown::Write) {
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                r => r,
-            },
-        )
     }
 }
 
