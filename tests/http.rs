@@ -340,6 +340,31 @@ async fn upstream_connections_are_reused_for_their_own_backend() {
     }
 }
 
+/// A backend that reads the request and resets the connection before answering, as one dying
+/// with connections in its accept queue does: on a new upstream connection pingora does not
+/// retry that; Plugboard retries a GET elsewhere and marks the backend, as for a refused connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_before_the_response_is_retried_elsewhere() {
+    let good = HttpBackend::start().await;
+    let bad = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad_addr = bad.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in bad.incoming().flatten() {
+            let _ = std::io::Read::read(&mut s, &mut [0; 4096]);
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    let listen = free_addr();
+    let list = [(bad_addr, 1), (good.addr, 1)];
+    let extra = "health_check = { kind = \"tcp\", interval = \"10s\", rise = 1, fall = 2 }";
+    let p = Proxy::start(&service(listen, extra, &list), listen).await;
+    for i in 0..6 {
+        let r = get_once(listen, "/").await.unwrap();
+        assert_eq!(r.status, 200, "request {i}: {r:?}\n{}", p.log_text());
+    }
+    assert!(p.log_text().contains("backend is DOWN"), "{}", p.log_text());
+}
+
 /// The upstream pool (vendor/PATCHES.md, patch 2) has no task per idle connection: it must
 /// still keep a connection for reuse, and close it once idle for `idle_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

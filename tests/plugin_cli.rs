@@ -59,6 +59,17 @@ fn cargo(dir: &Path, args: &[&str], target: Option<&Path>) -> Output {
     c.output().unwrap()
 }
 
+/// `plugin test PLUGIN CASES.toml` in `project` passes every case.
+fn passes_its_cases(project: &Path, plugin: &str, hook: &str) {
+    let out = plugboard(project, &["plugin", "test", plugin, "CASES.toml"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{hook}: {t}");
+    assert!(
+        t.contains(" passed, 0 failed") && !t.contains("FAIL"),
+        "{hook}: {t}"
+    );
+}
+
 const HOOKS: [&str; 3] = ["select", "key", "health"];
 
 #[test]
@@ -72,16 +83,7 @@ fn plugin_new_lua_passes_its_own_cases() {
         );
         assert!(out.status.success(), "{}", text(&out));
         let project = dir.path().join(&name);
-        let out = plugboard(
-            &project,
-            &["plugin", "test", &format!("{name}.lua"), "CASES.toml"],
-        );
-        let t = text(&out);
-        assert!(out.status.success(), "{hook}: {t}");
-        assert!(
-            t.contains(" passed, 0 failed") && !t.contains("FAIL"),
-            "{t}"
-        );
+        passes_its_cases(&project, &format!("{name}.lua"), hook);
     }
     // A second project of the same name is refused: nothing is overwritten.
     let again = plugboard(dir.path(), &["plugin", "new", "lua-key", "--lang", "lua"]);
@@ -136,16 +138,7 @@ fn plugin_new_rust_builds_outside_the_repository_and_passes_its_own_tests() {
             "wasm32-unknown-unknown/release/{}.wasm",
             name.replace('-', "_")
         ));
-        let out = plugboard(
-            &project,
-            &["plugin", "test", wasm.to_str().unwrap(), "CASES.toml"],
-        );
-        let t = text(&out);
-        assert!(out.status.success(), "{hook}: {t}");
-        assert!(
-            t.contains(" passed, 0 failed") && !t.contains("FAIL"),
-            "{t}"
-        );
+        passes_its_cases(&project, wasm.to_str().unwrap(), hook);
     }
 }
 
@@ -437,16 +430,7 @@ fn plugin_new_c_builds_with_clang_and_passes_its_own_cases() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{hook}: {build}: {}", text(&out));
-        let out = plugboard(
-            &project,
-            &["plugin", "test", &format!("{name}.wasm"), "CASES.toml"],
-        );
-        let t = text(&out);
-        assert!(out.status.success(), "{hook}: {t}");
-        assert!(
-            t.contains(" passed, 0 failed") && !t.contains("FAIL"),
-            "{t}"
-        );
+        passes_its_cases(&project, &format!("{name}.wasm"), hook);
     }
 }
 

@@ -100,9 +100,15 @@ pub struct WasmCode {
 }
 
 impl WasmCode {
-    /// Reads the ABI version and hook set by instantiating the module once.
+    /// Reads the ABI version and hook set by instantiating the module once. This happens at
+    /// load, not on a request: it gets at least the 1 s that `plugboard_init` gets, not the
+    /// request-path deadline, which a loaded machine can exceed while instantiating.
     fn inspect(&self, limits: Limits) -> Result<(u32, u32), String> {
         let log = Arc::new(PluginLog::new("inspect", "", None));
+        let limits = Limits {
+            deadline: limits.deadline.max(std::time::Duration::from_secs(1)),
+            ..limits
+        };
         let (mut store, instance) = self
             .raw_instance(limits, log, Arc::default())
             .map_err(|f| f.message)?;

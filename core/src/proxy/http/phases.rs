@@ -10,6 +10,7 @@
 //! |                          | connections carry this client's PROXY header or address and |
 //! |                          | are pooled for this client only                             |
 //! | `fail_to_connect`        | passive health mark, retry once elsewhere (GET/HEAD)        |
+//! | `error_while_proxy`      | the same for a new connection reset before any response     |
 //! | `upstream_request_filter`| add `X-Forwarded-For`, set `X-Forwarded-Proto`              |
 //! | `response_filter`        | persistence hook's response step (e.g. insert a cookie)     |
 //! | `logging`                | metrics, and the access log line                            |
@@ -28,7 +29,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, Result, RetryType};
 
 use super::route::{host_of, Router};
 use crate::balance::admission::Queued;
@@ -235,6 +236,19 @@ fn https_location(req: &RequestHeader) -> Option<Vec<u8>> {
     Some(v)
 }
 
+/// The request's backend failed before answering: it is marked (passive health) and avoided;
+/// returns whether the request may be retried (GET or HEAD, within `retries`).
+fn backend_failed(session: &Session, ctx: &mut Ctx) -> bool {
+    ctx.active = None;
+    if let Some(i) = ctx.backend.take() {
+        ctx.route().balancer.connect_failed(i);
+        ctx.failed.push(i);
+    }
+    let method = &session.req_header().method;
+    let replayable = method == http::Method::GET || method == http::Method::HEAD;
+    replayable && ctx.failed.len() <= ctx.route().balancer.config().retries as usize
+}
+
 fn no_backend() -> Box<Error> {
     Error::explain(ErrorType::HTTPStatus(503), "no backend available")
 }
@@ -316,15 +330,32 @@ impl ProxyHttp for HttpService {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.active = None;
-        if let Some(i) = ctx.backend.take() {
-            ctx.route().balancer.connect_failed(i);
-            ctx.failed.push(i);
+        e.set_retry(backend_failed(session, ctx));
+        e
+    }
+
+    /// pingora's own policy, plus one case: a new upstream connection reset or closed before
+    /// any response header (a backend dying with the connection in its accept queue) failed as
+    /// a refused connect does, so a GET or HEAD is treated as in `fail_to_connect` (passive
+    /// mark, avoided, retried elsewhere while `retries` allows). pingora retries that error only
+    /// on a reused connection (`RetryType::ReusedOnly`).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else if !client_reused && matches!(e.retry, RetryType::ReusedOnly) {
+            e.set_retry(backend_failed(session, ctx));
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
-        let method = &session.req_header().method;
-        let replayable = method == http::Method::GET || method == http::Method::HEAD;
-        let retries = ctx.route().balancer.config().retries as usize;
-        e.set_retry(replayable && ctx.failed.len() <= retries);
         e
     }
 
