@@ -101,6 +101,7 @@ pub struct Metrics {
     listener_waits: IntCounterVec,
     listener_refused: IntCounterVec,
     plugins: PluginMetrics,
+    plugin_instances: IntGauge,
     access_log_dropped: IntCounter,
     shared: SharedMetrics,
     /// The listeners, for their gauges (registered by `server/frontends.rs`).
@@ -265,6 +266,12 @@ impl Metrics {
             "plugboard_access_log_dropped_total",
             "Access log lines dropped because the writer lagged behind",
         );
+        let plugin_instances = IntGauge::new(
+            "plugboard_plugin_instances",
+            "Plugin instances alive: serving in a worker, spare, or waiting to be dropped",
+        )
+        .expect("valid metric");
+        reg(Box::new(plugin_instances.clone()));
         let redis_up = IntGauge::new(
             "plugboard_redis_up",
             "1 while connected to the Redis of shared persistence",
@@ -499,6 +506,7 @@ impl Metrics {
                     PLUGIN_SECONDS,
                 ),
             },
+            plugin_instances,
             access_log_dropped,
             listeners: Mutex::new(Vec::new()),
             scrape: Mutex::new(()),
@@ -618,6 +626,8 @@ impl Metrics {
                 self.pins.with_label_values(&[service]).set(n as i64);
             }
         }
+        self.plugin_instances
+            .set(crate::plugin::runtime::alive_instances());
         if let Ok(mut list) = self.listeners.lock() {
             list.retain(|(addr, counts)| {
                 let label = [addr.to_string()];

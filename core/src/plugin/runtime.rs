@@ -8,6 +8,7 @@
 //! bytes; exceeding either ends the call with a [`Fault`], never the process.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,6 +160,32 @@ pub trait Code: Send + Sync {
     ) -> Result<Box<dyn Instance>, Fault> {
         self.instantiate_with(settings, limits, log, Arc::default())
     }
+}
+
+/// Plugin instances alive in the process: serving in a worker, spare, or waiting for the
+/// factory to drop them (`plugboard_plugin_instances`). Per binding: its spares and one per
+/// thread that calls it; a number that grows with reloads is a leak.
+static ALIVE: AtomicI64 = AtomicI64::new(0);
+
+/// Held by every runtime's instance: counts it in [`alive_instances`] while it exists.
+pub struct Alive(());
+
+impl Alive {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Alive {
+        ALIVE.fetch_add(1, Relaxed);
+        Alive(())
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        ALIVE.fetch_sub(1, Relaxed);
+    }
+}
+
+pub fn alive_instances() -> i64 {
+    ALIVE.load(Relaxed)
 }
 
 /// A live instance. Used by one thread at a time and never re-entered; an instance whose call

@@ -34,8 +34,14 @@ impl Rng {
     }
 }
 
+/// The chaos actions, by the names `--chaos` takes.
+pub const ACTIONS: &[&str] = &["kill", "plugins", "reload", "redis", "drain"];
+
 pub struct Chaos {
     pub rng: Rng,
+    /// Indices into `ACTIONS` of the actions this run draws from (all by default; fewer to
+    /// find which one a finding comes from).
+    pub actions: Vec<usize>,
     pub books: Arc<Books>,
     pub backends: Arc<Vec<Backend>>,
     pub layout: Layout,
@@ -58,7 +64,8 @@ impl Chaos {
         while Instant::now() + Duration::from_secs(12) < end {
             let p = self.rng.pause(1000, 3000);
             tokio::time::sleep(p).await;
-            match self.rng.below(5) {
+            let pick = self.actions[self.rng.below(self.actions.len() as u64) as usize];
+            match pick {
                 0 => self.kill().await,
                 1 => self.plugins().await,
                 2 => self.reload().await,

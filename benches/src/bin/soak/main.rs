@@ -4,7 +4,8 @@
 //! good and faulty versions, the configuration is reloaded (and a bad one refused), Redis is
 //! stopped and started, and backends are drained and re-enabled through the admin API.
 //!
-//! `soak --plugboard PATH [--minutes M] [--seed N]` prints a markdown report and exits 1 when a
+//! `soak --plugboard PATH [--minutes M] [--seed N] [--chaos kill,plugins,reload,redis,drain]`
+//! prints a markdown report and exits 1 when a
 //! goal is missed: zero failed idempotent requests, zero dropped long-lived connections that
 //! were not on a killed backend, zero persistence violations, memory, descriptors and threads
 //! flat after warm-up.
@@ -43,6 +44,7 @@ struct Args {
     plugboard: PathBuf,
     run: Duration,
     seed: u64,
+    actions: Vec<usize>,
 }
 
 fn args() -> Args {
@@ -52,6 +54,7 @@ fn args() -> Args {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
+    let mut actions: Vec<usize> = (0..chaos::ACTIONS.len()).collect();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let v = it.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -59,7 +62,23 @@ fn args() -> Args {
             "--plugboard" => plugboard = Some(PathBuf::from(v)),
             "--minutes" => minutes = v.parse().expect("--minutes: a number"),
             "--seed" => seed = v.parse().expect("--seed: a number"),
-            _ => panic!("usage: soak --plugboard PATH [--minutes M] [--seed N]"),
+            "--chaos" => {
+                actions = v
+                    .split(',')
+                    .map(|name| {
+                        chaos::ACTIONS
+                            .iter()
+                            .position(|a| *a == name)
+                            .unwrap_or_else(|| {
+                                panic!("--chaos: {name}? (one of {:?})", chaos::ACTIONS)
+                            })
+                    })
+                    .collect();
+                assert!(!actions.is_empty(), "--chaos: at least one action");
+            }
+            _ => {
+                panic!("usage: soak --plugboard PATH [--minutes M] [--seed N] [--chaos ACTION,...]")
+            }
         }
     }
     assert!(
@@ -70,6 +89,7 @@ fn args() -> Args {
         plugboard: plugboard.expect("--plugboard PATH is required"),
         run: Duration::from_secs_f64(minutes * 60.0),
         seed,
+        actions,
     }
 }
 
@@ -222,6 +242,7 @@ async fn main() {
 
     let mut chaos = Chaos {
         rng: Rng::new(a.seed),
+        actions: a.actions.clone(),
         books: books.clone(),
         backends: Arc::new(all),
         layout,

@@ -93,6 +93,19 @@ pub fn print(books: &Books, samples: &[Sample], run: Duration, seed: u64, alive:
             if tr.flat { "yes" } else { "**NO**" }
         ));
     }
+    // The shape over time tells a leak (a steady climb) from a plateau or a sawtooth.
+    let mut minute = 0;
+    let mut by_minute = Vec::new();
+    for s in samples {
+        if s.at >= Duration::from_secs(60 * minute) {
+            by_minute.push(format!("{:.0}", s.rss_kib as f64 / 1024.0));
+            minute = s.at.as_secs() / 60 + 1;
+        }
+    }
+    table.push(format!(
+        "\nRSS (MiB) at the start of each minute: {}",
+        by_minute.join(" ")
+    ));
     let actions = books.actions.lock().unwrap();
     let mut chaos: Vec<String> = actions.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
     chaos.sort();

@@ -14,7 +14,7 @@ use crate::balance::pool::Pool;
 use crate::plugin::contract;
 use crate::plugin::log::PluginLog;
 use crate::plugin::runtime::{
-    Fault, FaultKind, HealthCall, Instance, Limits, SelectCall, HOOK_HEALTH, HOOK_KEY,
+    Alive, Fault, FaultKind, HealthCall, Instance, Limits, SelectCall, HOOK_HEALTH, HOOK_KEY,
     HOOK_RESPONSE, HOOK_SELECT,
 };
 use crate::plugin::shared::SharedData;
@@ -31,6 +31,7 @@ pub struct LuaInstance {
     backends: Option<(u64, Table)>,
     backend_meta: Table,
     deadline_ms: u64,
+    _alive: Alive,
 }
 
 // SAFETY: an instance owns its Lua state and every handle into it (functions, tables, and the
@@ -151,6 +152,7 @@ impl LuaInstance {
             backends: None,
             backend_meta,
             deadline_ms: millis(limits.deadline),
+            _alive: Alive::new(),
         })
     }
 

@@ -11,7 +11,7 @@ use crate::balance::hooks::{HealthReport, Key, KeyOutcome, Request};
 use crate::balance::pool::Pool;
 use crate::plugin::contract::NetScope;
 use crate::plugin::log::PluginLog;
-use crate::plugin::runtime::{Fault, FaultKind, HealthCall, Instance, Limits, SelectCall};
+use crate::plugin::runtime::{Alive, Fault, FaultKind, HealthCall, Instance, Limits, SelectCall};
 use crate::plugin::shared::SharedData;
 
 use crate::plugin::clock::TICK;
@@ -158,6 +158,7 @@ pub struct WasmInstance {
     response: Option<TypedFunc<(i32, i32), i32>>,
     health: Option<TypedFunc<i32, i32>>,
     ticks: u64,
+    _alive: Alive,
 }
 
 /// Clears the call pointers when a call ends, however it ends.
@@ -227,6 +228,7 @@ impl WasmInstance {
                 .ok(),
             ticks: deadline_ticks(limits.deadline),
             store,
+            _alive: Alive::new(),
         })
     }
 
