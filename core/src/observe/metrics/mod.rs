@@ -5,63 +5,27 @@
 //! an atomic add with no label lookup, no lock and no allocation. Gauges that mirror live state
 //! (backend health, state, weights, load, in-flight counts, pins, open connections per
 //! listener) are read when scraped. The families and their labels are listed in README.
+//!
+//! Here the families and their registration; [`labels`] the fixed label values and buckets,
+//! [`handles`] the per-service, per-backend and plugin handles, [`scrape`] the exposition.
+
+mod handles;
+mod labels;
+mod scrape;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::balance::balancer::Balancer;
+pub use handles::{seconds, BackendCounters, PluginMetrics, ServiceCounters, SharedMetrics};
+pub use labels::{udp_drop, HOOKS, QUEUE_REFUSALS, TCP_ENDS, UDP_DROPS};
+use labels::{CLASSES, LOOKUPS, PLUGIN_SECONDS, SECONDS};
+pub use scrape::MetricsApp;
+
 use crate::io::limits::TallyCounts;
-
-/// Upper bounds of the request, time-to-first-byte and check duration histograms, in seconds.
-const SECONDS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-/// Upper bounds of the plugin call histogram, in seconds (calls are bounded by the deadline).
-const PLUGIN_SECONDS: &[f64] = &[
-    0.000_005, 0.00001, 0.000_025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-    0.025, 0.05,
-];
-
-/// Status classes, in the order of [`BackendCounters::requests`].
-const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// How a TCP connection ended, in the order of `TcpEnd as usize`.
-pub const TCP_ENDS: [&str; 8] = [
-    "client_close",
-    "backend_close",
-    "idle_timeout",
-    "connect_failure",
-    "no_backend",
-    "tls_error",
-    "queue_timeout",
-    "queue_full",
-];
-/// Why a request or connection left the queue unserved, in the order of
-/// [`ServiceCounters::queue_refused`].
-pub const QUEUE_REFUSALS: [&str; 2] = ["timeout", "full"];
-/// Why a UDP datagram was dropped, in the order of [`ServiceCounters::udp_dropped`]:
-/// a new flow over the service's flow limit, no backend available, the flow's socket could
-/// not be made, a send that would block (socket buffer full) or failed.
-pub const UDP_DROPS: [&str; 4] = ["flow_limit", "no_backend", "socket_error", "send_failed"];
-/// Index of each reason in [`UDP_DROPS`].
-pub mod udp_drop {
-    pub const FLOW_LIMIT: usize = 0;
-    pub const NO_BACKEND: usize = 1;
-    pub const SOCKET_ERROR: usize = 2;
-    pub const SEND_FAILED: usize = 3;
-}
-/// Persistence outcomes counted, in the order of [`ServiceCounters::persistence`].
-const LOOKUPS: [&str; 3] = ["hit", "new", "rebalanced"];
-/// The plugin hooks, in the order of `Hook as usize` (see [`PluginMetrics`]).
-pub const HOOKS: [&str; 3] = ["select-server", "persistence-key", "health-check"];
 
 /// All metric families of one process.
 pub struct Metrics {
@@ -110,110 +74,6 @@ pub struct Metrics {
     scrape: Mutex<()>,
     /// Recent health transitions (for the status page).
     pub events: super::events::Events,
-}
-
-/// Plugin counters, labelled by plugin and service.
-#[derive(Clone)]
-pub struct PluginMetrics {
-    /// `{plugin, service, kind}`: calls that trapped, timed out, ran out of memory, answered
-    /// nonsense or could not start.
-    pub faults: IntCounterVec,
-    /// `{plugin, service, reason}`: calls not made (circuit open, no instance ready).
-    pub skipped: IntCounterVec,
-    /// `{plugin, service}`: log lines over the rate limit.
-    pub log_dropped: IntCounterVec,
-    /// `{plugin, service, hook}`: calls made.
-    pub calls: IntCounterVec,
-    /// `{plugin, hook}`: how long calls took.
-    pub call_seconds: HistogramVec,
-}
-
-/// Shared persistence (`[proxy] redis`).
-#[derive(Clone)]
-pub struct SharedMetrics {
-    /// 1 while connected to Redis.
-    pub up: IntGauge,
-    /// Connections lost or refused, commands failed or timed out.
-    pub errors: IntCounter,
-    /// Pins this instance wrote (new and refreshed).
-    pub written: IntCounter,
-    /// Pins received from other instances.
-    pub received: IntCounter,
-    /// New pins not written because Redis was away longer than the queue holds.
-    pub dropped: IntCounter,
-}
-
-/// Handles for one backend.
-#[derive(Clone)]
-pub struct BackendCounters {
-    pub selected: IntCounter,
-    pub connect_failures: IntCounter,
-    pub went_down: IntCounter,
-    pub came_up: IntCounter,
-    /// HTTP requests answered through it, by status class.
-    pub requests: [IntCounter; 5],
-    /// Body bytes (http) or relayed bytes (tcp), from the client and to it.
-    pub bytes_in: IntCounter,
-    pub bytes_out: IntCounter,
-    pub checks_ok: IntCounter,
-    pub checks_failed: IntCounter,
-}
-
-/// Handles for one service.
-#[derive(Clone)]
-pub struct ServiceCounters {
-    pub no_backend: IntCounter,
-    /// HTTP requests answered without a backend (404, 503, redirects), by status class.
-    pub unserved: [IntCounter; 5],
-    pub duration: Histogram,
-    pub ttfb: Histogram,
-    pub retries: IntCounter,
-    /// TCP connections, by how they ended.
-    pub tcp_ends: [IntCounter; 8],
-    /// Requests or connections that joined the wait queue.
-    pub queued: IntCounter,
-    /// Left the queue unserved, by reason (in the order of [`QUEUE_REFUSALS`]).
-    pub queue_refused: [IntCounter; 2],
-    /// Time spent in the queue, however it ended.
-    pub queue_wait: Histogram,
-    /// UDP flows started.
-    pub udp_flows: IntCounter,
-    /// UDP flows open now (counted up and down as they start and end).
-    pub udp_active: IntGauge,
-    /// UDP datagrams relayed: from clients (in), to clients (out).
-    pub udp_datagrams: [IntCounter; 2],
-    /// UDP datagrams dropped, by reason (in the order of [`UDP_DROPS`]).
-    pub udp_dropped: [IntCounter; 4],
-    /// Persistence lookups: hit, new, rebalanced.
-    pub persistence: [IntCounter; 3],
-    pub evictions: IntCounter,
-    pub check_duration: Histogram,
-}
-
-impl BackendCounters {
-    /// Counts an HTTP request answered with `status`.
-    #[inline]
-    pub fn request(&self, status: u16) {
-        if let Some(c) = class(status) {
-            self.requests[c].inc();
-        }
-    }
-}
-
-impl ServiceCounters {
-    #[inline]
-    pub fn unserved(&self, status: u16) {
-        if let Some(c) = class(status) {
-            self.unserved[c].inc();
-        }
-    }
-}
-
-fn class(status: u16) -> Option<usize> {
-    match status {
-        100..=599 => Some(status as usize / 100 - 1),
-        _ => None,
-    }
 }
 
 impl Default for Metrics {
@@ -579,131 +439,5 @@ impl Metrics {
         if let Ok(mut l) = self.listeners.lock() {
             l.push((addr, Arc::downgrade(counts)));
         }
-    }
-
-    /// Text exposition of every metric, with live gauges refreshed from `balancers`.
-    pub fn render(&self, balancers: &[Arc<Balancer>]) -> Vec<u8> {
-        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        // Gauges are rebuilt whole, so that removed backends and services disappear.
-        for g in [
-            &self.active,
-            &self.up,
-            &self.weight,
-            &self.load,
-            &self.state,
-            &self.pins,
-            &self.listener_open,
-            &self.queue_length,
-            &self.max_connections,
-        ] {
-            g.reset();
-        }
-        self.effective_weight.reset();
-        for b in balancers {
-            let service = b.config().name.as_str();
-            for be in b.pool.backends() {
-                let l = [service, be.name.as_str()];
-                self.active.with_label_values(&l).set(be.active() as i64);
-                self.up.with_label_values(&l).set(be.healthy() as i64);
-                self.weight.with_label_values(&l).set(be.weight() as i64);
-                self.effective_weight
-                    .with_label_values(&l)
-                    .set(be.effective_weight() as f64 / crate::balance::pool::WEIGHT_SCALE as f64);
-                if let Some(limit) = be.limit() {
-                    self.max_connections.with_label_values(&l).set(limit as i64);
-                }
-                if let Some(load) = be.load() {
-                    self.load.with_label_values(&l).set(load as i64);
-                }
-                self.state
-                    .with_label_values(&[service, be.name.as_str(), be.admin().name()])
-                    .set(1);
-            }
-            self.queue_length
-                .with_label_values(&[service])
-                .set(b.pool.queue().waiting() as i64);
-            if let Some(n) = b.persistence_entries() {
-                self.pins.with_label_values(&[service]).set(n as i64);
-            }
-        }
-        self.plugin_instances
-            .set(crate::plugin::runtime::alive_instances());
-        if let Ok(mut list) = self.listeners.lock() {
-            list.retain(|(addr, counts)| {
-                let label = [addr.to_string()];
-                let label = [label[0].as_str()];
-                let Some(c) = counts.upgrade() else {
-                    let _ = self.listener_accepted.remove_label_values(&label);
-                    let _ = self.listener_waits.remove_label_values(&label);
-                    let _ = self.listener_refused.remove_label_values(&label);
-                    return false;
-                };
-                self.listener_open
-                    .with_label_values(&label)
-                    .set(c.open() as i64);
-                set_counter(
-                    &self.listener_accepted.with_label_values(&label),
-                    c.accepted(),
-                );
-                set_counter(
-                    &self.listener_waits.with_label_values(&label),
-                    c.limit_waits(),
-                );
-                set_counter(
-                    &self.listener_refused.with_label_values(&label),
-                    c.refused(),
-                );
-                true
-            });
-        }
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        out
-    }
-}
-
-/// Sets a counter to a total counted elsewhere (monotonic there).
-fn set_counter(c: &IntCounter, total: u64) {
-    let now = c.get();
-    if total > now {
-        c.inc_by(total - now);
-    }
-}
-
-/// Seconds, for a histogram.
-#[inline]
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-/// Serves `GET /metrics`.
-pub struct MetricsApp {
-    pub metrics: Arc<Metrics>,
-    pub services: crate::balance::balancer::CurrentServices,
-}
-
-impl MetricsApp {
-    /// The exposition as an HTTP response.
-    pub fn answer(&self) -> http::Response<Vec<u8>> {
-        let body = self.metrics.render(&(self.services)());
-        http::Response::builder()
-            .status(200)
-            .header("content-type", "text/plain; version=0.0.4")
-            .header("content-length", body.len())
-            .body(body)
-            .expect("static response")
-    }
-}
-
-#[async_trait]
-impl ServeHttp for MetricsApp {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
-        if session.req_header().uri.path() != "/metrics" {
-            return http::Response::builder()
-                .status(404)
-                .body(b"not found\n".to_vec())
-                .expect("static response");
-        }
-        self.answer()
     }
 }
